@@ -1,0 +1,431 @@
+"""Configuration: pydantic models for one stream, loaded from TOML and the environment.
+
+Every field has a default, so an empty file is valid and runs the embedded
+default pipeline (the ``synth`` source through every stage, published on
+loopback). A wrong key, type or value is refused at start-up as a `ConfigError`
+that names the file, the key's path and the reason.
+
+Environment variables override fields, for daemons run under systemd:
+``STREAMER__PIPELINE__BLOCK=512`` sets ``pipeline.block``; list items are
+addressed by index (``STREAMER__STAGES__0__NUMTAPS=255``). Values are read as
+TOML values when they parse as one (numbers, booleans, arrays), else as strings.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from streamer.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "Config",
+    "FileSourceConfig",
+    "FirConfig",
+    "OutputConfig",
+    "PipelineConfig",
+    "PublishConfig",
+    "SourceConfig",
+    "StageConfig",
+    "SynthSourceConfig",
+    "load_config",
+    "parse_config",
+    "with_overrides",
+]
+
+ENV_PREFIX = "STREAMER__"
+
+
+def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Make a relative path relative to the config file's folder (when loaded from one)."""
+    if value is None:
+        return None
+    value = value.expanduser()
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------- sources
+
+
+class SynthSourceConfig(_Model):
+    """A deterministic, seeded test scene; the embedded default source."""
+
+    kind: Literal["synth"] = "synth"
+    rate: int = Field(48_000, ge=1_000, le=768_000, description="Sample rate, Hz.")
+    channels: int = Field(1, ge=1, le=64, description="Channel count.")
+    seed: int = Field(0, ge=0, description="Seed of every random part of the scene.")
+    duration_s: float | None = Field(
+        None, gt=0, description="Length of the scene in seconds; unset means endless."
+    )
+    realtime: bool = Field(
+        True, description="Pace blocks at real time (a live source) or emit them at once."
+    )
+    tones_hz: tuple[float, ...] = Field(
+        (440.0, 1250.0), description="Steady tones always present, Hz."
+    )
+    tone_level_db: float = Field(-26.0, le=0, description="Level of each tone, dBFS.")
+    noise: Literal["white", "pink", "brown"] = Field("pink", description="Background noise colour.")
+    noise_level_db: float = Field(-42.0, le=0, description="Background noise level, dBFS RMS.")
+    hum_hz: float | None = Field(
+        50.0, gt=0, description="Mains hum fundamental with harmonics, Hz; unset for none."
+    )
+    speech_bursts: bool = Field(True, description="Add speech-like voiced bursts.")
+    anomalies: bool = Field(
+        True, description="Inject anomalies (a whistle, a click train, a dropout) periodically."
+    )
+    anomaly_period_s: float = Field(
+        20.0, ge=4.0, description="The injected anomalies repeat with this period, seconds."
+    )
+
+
+class FileSourceConfig(_Model):
+    """Audio (WAV/FLAC/OGG) or sensor data (.npy, .csv) read from a file."""
+
+    kind: Literal["file"] = "file"
+    path: ConfigPath | None = Field(
+        None, description="The file; `streamer replay INPUT` supplies it on the command line."
+    )
+    rate: int | None = Field(
+        None,
+        ge=1,
+        le=768_000,
+        description="Sample rate, Hz: required for .npy/.csv, checked against audio files.",
+    )
+    realtime: bool = Field(False, description="Pace blocks at real time instead of at once.")
+    loop: bool = Field(False, description="Start again at the end of the file (for demos).")
+
+
+SourceConfig = Annotated[SynthSourceConfig | FileSourceConfig, Field(discriminator="kind")]
+
+# ---------------------------------------------------------------------- stages
+
+FirDesign = Literal["lowpass", "highpass", "bandpass", "bandstop"]
+
+
+class FirConfig(_Model):
+    """An FIR filter applied by overlap-save; taps from a firwin design or a file."""
+
+    kind: Literal["fir"] = "fir"
+    name: str | None = Field(None, description="Label in metrics; defaults to the kind.")
+    design: FirDesign = Field("bandpass", description="scipy.signal.firwin response type.")
+    cutoff_hz: float | tuple[float, float] = Field(
+        (150.0, 7000.0),
+        description="Cutoff, Hz: one value for lowpass/highpass, [low, high] for band designs.",
+    )
+    numtaps: int = Field(
+        511, ge=1, le=1 << 22, description="Filter length; odd for highpass and bandstop."
+    )
+    window: str | tuple[str, float] = Field(
+        "hamming",
+        description='firwin window: a name, or [name, parameter] such as ["kaiser", 8.6].',
+    )
+    taps_file: ConfigPath | None = Field(
+        None,
+        description=(
+            "Taps from a file instead of a design: .npy, .txt or .csv (1-D, or one row per "
+            "channel), "
+            "or an audio file holding an impulse response (one channel per channel)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_design(self) -> Self:
+        if self.taps_file is not None:
+            clash = self.model_fields_set & {"design", "cutoff_hz", "numtaps", "window"}
+            if clash:
+                raise ValueError(
+                    f"give either taps_file or a design, not both (also set: {sorted(clash)})"
+                )
+            return self
+        band = self.design in ("bandpass", "bandstop")
+        if band != isinstance(self.cutoff_hz, tuple):
+            want = "[low, high]" if band else "a single frequency"
+            raise ValueError(f"cutoff_hz for a {self.design} must be {want}")
+        if isinstance(self.cutoff_hz, tuple):
+            low, high = self.cutoff_hz
+            if not 0 < low < high:
+                raise ValueError(f"cutoff_hz {list(self.cutoff_hz)} must satisfy 0 < low < high")
+        elif self.cutoff_hz <= 0:
+            raise ValueError(f"cutoff_hz {self.cutoff_hz} must be > 0")
+        if self.design in ("highpass", "bandstop") and self.numtaps % 2 == 0:
+            raise ValueError(f"a {self.design} needs an odd numtaps, got {self.numtaps}")
+        return self
+
+
+StageConfig = Annotated[FirConfig, Field(discriminator="kind")]
+
+# ----------------------------------------------------------- pipeline and sinks
+
+
+class PipelineConfig(_Model):
+    """Block size, the capture queue and reporting."""
+
+    block: int = Field(256, ge=1, le=1 << 20, description="Frames per block.")
+    queue_blocks: int = Field(
+        32, ge=1, le=100_000, description="Capacity of the source-to-processing queue, blocks."
+    )
+    overflow: Literal["drop-oldest", "drop-newest"] = Field(
+        "drop-oldest",
+        description="What a live source does when processing falls behind; drops are counted.",
+    )
+    status_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between status lines and status/ messages."
+    )
+
+
+def _is_loopback_endpoint(endpoint: str) -> bool:
+    parts = urlsplit(endpoint)
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PublishConfig(_Model):
+    """The ZeroMQ PUB socket (wire format: docs/wire-format.md)."""
+
+    enabled: bool | None = Field(
+        None, description="Publish at all; unset means on for `streamer run`, off for replay."
+    )
+    endpoint: str = Field("tcp://127.0.0.1:5555", description="Where the PUB socket binds.")
+    allow_insecure: bool = Field(
+        False, description="Allow binding to a non-loopback address without encryption."
+    )
+    audio: bool = Field(True, description="Publish processed audio on audio/STREAM.")
+    metrics: bool = Field(True, description="Publish per-block metrics on metrics/STREAM.")
+    queue_messages: int = Field(
+        4096, ge=1, description="Messages waiting for the socket before new ones are dropped."
+    )
+    sndhwm: int = Field(10_000, ge=1, description="ZeroMQ send high-water mark, messages.")
+
+    @model_validator(mode="after")
+    def _check_endpoint(self) -> Self:
+        if not self.endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(
+                f"endpoint {self.endpoint!r} must start with tcp://, ipc:// or inproc://"
+            )
+        if not self.allow_insecure and not _is_loopback_endpoint(self.endpoint):
+            raise ValueError(
+                f"endpoint {self.endpoint!r} is not loopback; binding it unencrypted "
+                "needs allow_insecure = true"
+            )
+        return self
+
+
+class OutputConfig(_Model):
+    """Files written while running."""
+
+    wav: ConfigPath | None = Field(
+        None, description="Write processed audio here (32-bit float WAV)."
+    )
+
+
+def _default_stages() -> list[FirConfig]:
+    return [FirConfig()]
+
+
+class Config(_Model):
+    """One stream: its source, ordered stages, pipeline settings and sinks."""
+
+    stream: str = Field(
+        "main",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Stream name, used in wire topics (audio/NAME).",
+    )
+    source: SourceConfig = Field(default_factory=SynthSourceConfig)
+    stages: list[StageConfig] = Field(default_factory=_default_stages)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+# ------------------------------------------------------------------- loading
+
+
+_UNION_TAGS = frozenset({"synth", "file", "fir"})
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """``('stages', 0, 'fir', 'numtaps')`` -> ``stages[0].numtaps`` (union tags dropped)."""
+    out = ""
+    for part in loc:
+        if part in _UNION_TAGS:
+            continue
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "union_tag_invalid":
+        return f"unknown kind {ctx.get('tag')!r} (expected one of: {ctx.get('expected_tags')})"
+    if kind == "union_tag_not_found":
+        return "missing 'kind'"
+    msg = str(err["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _config_error(exc: ValidationError, path: Path | None) -> ConfigError:
+    errors = exc.errors()
+    first = errors[0]
+    reason = _describe(first)
+    if len(errors) > 1:
+        reason += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return ConfigError(reason, key=_key_path(first["loc"]) or None, path=path)
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+_TAGGED_DEFAULTS: dict[str, Any] = {
+    "source": {"kind": "synth"},
+    "stages": [{"kind": "fir"}],
+}
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Overlay ``STREAMER__A__B=value`` variables onto the raw config mapping."""
+    for name, text in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+        node: Any = raw
+        for i, key in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(f"no list item {key!r} to override", key=name)
+                if last:
+                    node[int(key)] = _env_value(text)
+                else:
+                    node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = _env_value(text)
+                else:
+                    if node is raw and key not in node and key in _TAGGED_DEFAULTS:
+                        # Overriding inside a defaulted source or stage list starts from
+                        # the default, whose kind tag the union needs.
+                        node[key] = _deep_copy(_TAGGED_DEFAULTS[key])
+                    node = node.setdefault(key, {})
+            else:
+                raise ConfigError(f"cannot override inside a {type(node).__name__}", key=name)
+    return raw
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    *,
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Validate a raw mapping (from TOML) into a `Config`, environment applied.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, the key's path and the reason.
+    """
+    data = apply_env(_deep_copy(raw), os.environ if environ is None else environ)
+    context = {"base_dir": path.parent} if path is not None else {}
+    try:
+        return Config.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise _config_error(exc, path) from exc
+
+
+def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file; ``None`` gives the embedded default."""
+    if path is None:
+        return parse_config({}, environ=environ)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=path) from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", path=path) from exc
+    return parse_config(raw, path=path, environ=environ)
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def with_overrides(
+    cfg: Config, updates: Mapping[str, Any], *, replace: Mapping[str, Any] | None = None
+) -> Config:
+    """A new config with ``updates`` (a nested mapping) merged in and validated again.
+
+    Top-level sections in ``replace`` are swapped whole (a synth source for a
+    file source). Only the fields the user set are carried over, so defaults
+    and either-or choices (``taps_file`` or a design) stay as they were.
+    """
+    merged = cfg.model_dump(exclude_unset=True)
+    # Kind tags are kept even when defaulted: the unions cannot be validated without them.
+    merged.setdefault("source", {}).setdefault("kind", cfg.source.kind)
+    if "stages" in merged:
+        for dumped, stage in zip(merged["stages"], cfg.stages, strict=True):
+            dumped.setdefault("kind", stage.kind)
+    merged.update(_deep_copy(dict(replace or {})))
+    _merge(merged, updates)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise _config_error(exc, None) from exc
+
+
+def _merge(base: dict[str, Any], updates: Mapping[str, Any]) -> None:
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = _deep_copy(value)
