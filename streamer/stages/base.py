@@ -1,0 +1,31 @@
+"""The protocol every processing stage follows."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from streamer.block import Block
+
+__all__ = ["Stage"]
+
+
+class Stage(Protocol):
+    """A stateful block transformer, built for one stream layout.
+
+    ``__init__(cfg, layout)`` checks its config against the layout, computes
+    derived constants and allocates all state; ``process`` then transforms one
+    block at a time. Whatever the block sizes, the concatenated outputs equal
+    the output of the whole signal processed at once (to float32 rounding).
+    """
+
+    name: str
+    latency: int
+    """Algorithmic latency, samples: how far output lags input by construction."""
+
+    def process(self, block: Block) -> Block:
+        """Transform one block (any number of frames, 0 included)."""
+        ...
+
+    def reset(self) -> None:
+        """Return to the just-built state (history cleared)."""
+        ...
