@@ -1,0 +1,39 @@
+"""Sources of blocks, opened from their configs by kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from streamer.config import SourceConfig
+from streamer.sources.base import Pacer, Source
+from streamer.sources.file import FileSource
+from streamer.sources.synth import SynthSource
+
+__all__ = ["SOURCE_KINDS", "FileSource", "Pacer", "Source", "SynthSource", "open_source"]
+
+SourceFactory = Callable[[Any, str], Source]
+SOURCE_KINDS: Final[dict[str, SourceFactory]] = {"synth": SynthSource, "file": FileSource}
+
+
+def open_source(cfg: SourceConfig, stream: str) -> Source:
+    """Open the source a config asks for; a missing or unreadable input fails here.
+
+    Parameters
+    ----------
+    cfg : SynthSourceConfig or FileSourceConfig
+        The ``[source]`` table; its ``kind`` picks the class in `SOURCE_KINDS`.
+    stream : str
+        Name of the stream, copied into every block.
+
+    Returns
+    -------
+    Source
+        Ready to iterate with ``blocks(block_size, stop)``.
+
+    Raises
+    ------
+    ConfigError, InputFileError
+        The source refused its config or its input.
+    """
+    return SOURCE_KINDS[cfg.kind](cfg, stream)
