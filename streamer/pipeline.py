@@ -1,0 +1,226 @@
+"""Wires one source, its stages and its sinks; owns the threads, the queue and the stop.
+
+::
+
+    capture thread: source.blocks() ──▶ bounded queue ──▶ processing thread: stages ──▶ sinks
+                                                                                  (own threads)
+
+A live source never waits: when the queue is full the overflow policy drops a
+block and counts it. A lossless source (a file) waits for room, so every input
+sample reaches the sinks. A stop request ends the source at the next block;
+what is queued is still processed and the sinks are finalised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any
+
+import numpy as np
+
+from streamer.block import Block
+from streamer.config import Config
+from streamer.metrics import BlockTiming, StreamMetrics
+from streamer.sinks.base import Sink
+from streamer.sinks.publisher import Publisher
+from streamer.sinks.wav import WavWriter
+from streamer.sources import Source, open_source
+from streamer.stages import Stage, build_stages
+
+__all__ = ["Pipeline", "build_pipeline"]
+
+_END = object()
+
+
+class Pipeline:
+    """A running stream: source → queue → stages → sinks.
+
+    Use ``start()``, then ``wait()`` until ``done`` (the source ended, a stop
+    was requested and the queue drained, or something failed: see ``error``),
+    then ``close()``.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        source: Source,
+        stages: list[Stage],
+        sinks: list[Sink],
+        metrics: StreamMetrics,
+        publisher: Publisher | None = None,
+    ):
+        self.cfg = cfg
+        self.source = source
+        self.stages = stages
+        self.sinks = sinks
+        self.metrics = metrics
+        self.publisher = publisher
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        self._failed = threading.Event()
+        self._queue: queue.Queue[Block | object] = queue.Queue(maxsize=cfg.pipeline.queue_blocks)
+        self._stage_ns = [0] * len(stages)
+        self._threads = [
+            threading.Thread(target=self._capture_loop, name="capture", daemon=True),
+            threading.Thread(target=self._processing_loop, name="processing", daemon=True),
+        ]
+
+    @property
+    def algorithmic_latency(self) -> int:
+        """Block size plus every stage's declared latency, samples."""
+        return self.cfg.pipeline.block + sum(stage.latency for stage in self.stages)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def request_stop(self) -> None:
+        """Ask the source to stop; queued blocks are still processed. Safe from a signal handler."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.done.wait(timeout)
+
+    def close(self) -> None:
+        """Stop, join the threads and release the source (sinks close on the processing thread)."""
+        self.request_stop()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+        self.source.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.metrics.snapshot(queue_depth=self.queue_depth)
+
+    # ------------------------------------------------------------- threads
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self._failed.set()
+        self._stop.set()
+
+    def _capture_loop(self) -> None:
+        live = self.source.live
+        try:
+            for block in self.source.blocks(self.cfg.pipeline.block, self._stop):
+                if live:
+                    self._offer(block)
+                elif not self._put_waiting(block):
+                    return
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            self._put_waiting(_END)
+
+    def _offer(self, block: Block) -> None:
+        """Queue a live block without waiting; on overflow drop per policy and count."""
+        try:
+            self._queue.put_nowait(block)
+            return
+        except queue.Full:
+            self.metrics.record_drop()
+        if self.cfg.pipeline.overflow == "drop-oldest":
+            with contextlib.suppress(queue.Empty):
+                self._queue.get_nowait()
+            with contextlib.suppress(queue.Full):  # only this thread adds
+                self._queue.put_nowait(block)
+
+    def _put_waiting(self, item: Block | object) -> bool:
+        """Queue losslessly; False when the processing side failed and will not drain."""
+        while not self._failed.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _processing_loop(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _END:
+                    break
+                assert isinstance(item, Block)
+                self._process(item)
+        except BaseException as exc:
+            self._fail(exc)
+        finally:
+            for sink in self.sinks:
+                try:
+                    sink.close()
+                except BaseException as exc:
+                    self._fail(exc)
+            self.done.set()
+
+    def _process(self, block: Block) -> None:
+        start_ns = time.perf_counter_ns()
+        queue_ns = time.monotonic_ns() - block.captured_ns
+        nonfinite = _sanitise(block)
+        for i, stage in enumerate(self.stages):
+            t_ns = time.perf_counter_ns()
+            block = stage.process(block)
+            self._stage_ns[i] = time.perf_counter_ns() - t_ns
+        timing = BlockTiming(
+            queue_ns=queue_ns,
+            processing_ns=time.perf_counter_ns() - start_ns,
+            stage_ns=tuple(self._stage_ns),
+            period_ns=block.frames * 1_000_000_000 // block.rate,
+            nonfinite=nonfinite,
+        )
+        self.metrics.record_block(block.frames, timing)
+        for sink in self.sinks:
+            sink.consume(block, timing)
+
+
+def _sanitise(block: Block) -> int:
+    """Replace NaN and infinity by 0 in place so they never enter filter state; return the count.
+
+    The sum is a cheap, allocation-free test for the common all-finite case.
+    """
+    if math.isfinite(float(np.add.reduce(block.samples, axis=None))):
+        return 0
+    bad = ~np.isfinite(block.samples)
+    count = int(bad.sum())
+    block.samples[bad] = 0.0
+    return count
+
+
+def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
+    """Open the source, build the stages and sinks; any refusal happens here, before threads.
+
+    Raises
+    ------
+    StreamerError
+        A bad input file, a config value the stream's layout refuses, an
+        endpoint that cannot be bound, an output file that cannot be created.
+    """
+    with ExitStack() as cleanup:
+        source = open_source(cfg.source, cfg.stream)
+        cleanup.callback(source.close)
+        stages = build_stages(cfg.stages, source.layout, block=cfg.pipeline.block)
+        names = [stage.name for stage in stages]
+        metrics = StreamMetrics(cfg.stream, source.layout.rate, names, cfg.pipeline.block)
+        sinks: list[Sink] = []
+        if cfg.output.wav is not None:
+            wav = WavWriter(cfg.output.wav, source.layout, metrics, lossless=not source.live)
+            cleanup.callback(wav.close)
+            sinks.append(wav)
+        publisher = None
+        if publish:
+            publisher = Publisher(cfg.publish, cfg.stream, names, metrics)
+            cleanup.callback(publisher.close)
+            sinks.append(publisher)
+        cleanup.pop_all()
+    return Pipeline(cfg, source, stages, sinks, metrics, publisher)

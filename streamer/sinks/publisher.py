@@ -1,0 +1,133 @@
+"""Publishes a stream's audio, per-block metrics and status over one ZeroMQ PUB socket."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from streamer.block import Block
+from streamer.config import PublishConfig
+from streamer.errors import ConfigError
+from streamer.metrics import BlockTiming, StreamMetrics
+from streamer.sinks.base import SinkWorker
+from streamer.wire import encode, topic_for
+
+__all__ = ["Publisher"]
+
+_BlockItem = tuple[Block, BlockTiming]
+_StatusItem = dict[str, Any]
+
+
+class Publisher:
+    """The PUB socket and the thread that owns it (sockets are not thread-safe).
+
+    The processing thread hands over (block, timing) pairs through a bounded
+    queue; this thread encodes them (DESIGN.md §5), stamps ``published_ns`` and
+    sends. A full queue drops and counts; the PUB socket itself drops for a
+    subscriber that is too slow (past ``sndhwm``), which that subscriber sees
+    as a gap in ``seq``. Publishing never blocks processing.
+
+    Topics: ``audio/STREAM`` (the processed block), ``metrics/STREAM`` (its
+    timings and end-to-end latency to publication), ``status/STREAM`` (a
+    periodic summary with its own ``seq``).
+    """
+
+    name = "publish"
+
+    def __init__(
+        self,
+        cfg: PublishConfig,
+        stream: str,
+        stage_names: list[str],
+        metrics: StreamMetrics,
+        context: zmq.Context[Any] | None = None,
+    ):
+        self._cfg = cfg
+        self._stream = stream
+        self._stage_names = stage_names
+        self._metrics = metrics
+        self._topics = {kind: topic_for(kind, stream) for kind in ("audio", "metrics", "status")}
+        self._status_seq = 0
+        self._ctx = context or zmq.Context.instance()
+        self._socket: zmq.Socket[Any] = self._ctx.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.LINGER, 500)
+        self._socket.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+        try:
+            self._socket.bind(cfg.endpoint)
+        except zmq.ZMQError as exc:
+            self._socket.close(linger=0)
+            raise ConfigError(
+                f"cannot bind {cfg.endpoint}: {exc.strerror}", key="publish.endpoint"
+            ) from exc
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._worker: SinkWorker[_BlockItem | _StatusItem] = SinkWorker(
+            "publish", self._send, capacity=cfg.queue_messages, lossless=False, metrics=metrics
+        )
+
+    def consume(self, block: Block, timing: BlockTiming) -> None:
+        self._worker.submit((block, timing))
+
+    def publish_status(self, snapshot: dict[str, Any]) -> None:
+        """Queue a ``status/`` message (called from the main thread)."""
+        self._worker.submit(snapshot)
+
+    def close(self) -> None:
+        try:
+            self._worker.close()
+        finally:
+            self._socket.close()
+
+    def _send(self, item: _BlockItem | _StatusItem) -> None:
+        if isinstance(item, dict):
+            self._send_status(item)
+        else:
+            self._send_block(*item)
+
+    def _common(self, block: Block) -> dict[str, Any]:
+        return {
+            "stream": self._stream,
+            "seq": block.seq,
+            "t0": block.t0,
+            "rate": block.rate,
+            "captured_ns": block.captured_ns,
+        }
+
+    def _send_block(self, block: Block, timing: BlockTiming) -> None:
+        common = self._common(block)
+        published_ns = time.monotonic_ns()
+        if self._cfg.audio:
+            header = {**common, "published_ns": published_ns}
+            frames = encode(self._topics["audio"], header, block.samples)
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+        end_to_end_ns = published_ns - block.captured_ns
+        self._metrics.record_published(end_to_end_ns)
+        if self._cfg.metrics:
+            header = {
+                **common,
+                "published_ns": time.monotonic_ns(),
+                "frames": block.frames,
+                "period_ns": timing.period_ns,
+                "queue_ns": timing.queue_ns,
+                "processing_ns": timing.processing_ns,
+                "stages_ns": dict(zip(self._stage_names, timing.stage_ns, strict=True)),
+                "end_to_end_ns": end_to_end_ns,
+                "deadline_missed": timing.missed,
+                "nonfinite": timing.nonfinite,
+            }
+            self._socket.send_multipart(encode(self._topics["metrics"], header), flags=zmq.NOBLOCK)
+
+    def _send_status(self, snapshot: dict[str, Any]) -> None:
+        now = time.monotonic_ns()
+        header = {
+            "stream": self._stream,
+            "seq": self._status_seq,
+            "t0": snapshot["frames"],
+            "rate": self._metrics.rate,
+            "captured_ns": now,
+            "published_ns": now,
+            **snapshot,
+        }
+        self._status_seq += 1
+        self._socket.send_multipart(encode(self._topics["status"], header), flags=zmq.NOBLOCK)
