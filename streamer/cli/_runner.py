@@ -1,0 +1,122 @@
+"""Drives a built pipeline from the main thread: signals, status lines, progress, summary."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+from tqdm import tqdm
+
+from streamer.config import Config
+from streamer.errors import ConfigError
+from streamer.metrics import status_line
+from streamer.pipeline import Pipeline, build_pipeline
+
+__all__ = ["build", "drive", "summary_lines"]
+
+log = logging.getLogger("streamer")
+
+
+@contextmanager
+def _stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
+    """SIGINT/SIGTERM ask for a graceful stop; a second one aborts at once."""
+    asked = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal asked
+        if asked:
+            raise KeyboardInterrupt
+        asked = True
+        log.info("%s: stopping after the queued blocks", signal.Signals(signum).name)
+        pipeline.request_stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def build(cfg: Config, config_path: Path | None, *, publish: bool) -> Pipeline:
+    """`build_pipeline`, with refusals that only the stream's layout reveals (a cutoff
+    above Nyquist) attributed to the config file they come from."""
+    try:
+        return build_pipeline(cfg, publish=publish)
+    except ConfigError as exc:
+        if exc.path is None:
+            exc.path = config_path or Path("<default config>")
+        raise
+
+
+def drive(pipeline: Pipeline, *, progress: bool) -> None:
+    """Run ``pipeline`` to its end (or a signal), with a status line every interval.
+
+    Raises whatever stopped the pipeline, after the sinks were finalised.
+    """
+    interval = pipeline.cfg.pipeline.status_interval_s
+    rate = pipeline.source.layout.rate
+    total = pipeline.source.total_frames
+    bar = tqdm(
+        total=None if total is None else round(total / rate, 2),
+        unit="s",
+        desc=pipeline.cfg.stream,
+        disable=not (progress and sys.stderr.isatty()),
+        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}, {rate_fmt}]",
+    )
+    with _stop_on_signals(pipeline), bar:
+        pipeline.start()
+        next_status = time.monotonic() + interval
+        while not pipeline.wait(0.1 if not bar.disable else min(interval, 0.5)):
+            if not bar.disable:
+                bar.update(round(pipeline.metrics.frames / rate, 2) - bar.n)
+            if time.monotonic() >= next_status:
+                next_status += interval
+                snapshot = pipeline.snapshot()
+                if bar.disable:
+                    log.info("[%s] %s", pipeline.cfg.stream, status_line(snapshot))
+                if pipeline.publisher is not None:
+                    pipeline.publisher.publish_status(snapshot)
+        if not bar.disable:
+            bar.update(round(pipeline.metrics.frames / rate, 2) - bar.n)
+    pipeline.close()
+    if pipeline.error is not None:
+        raise pipeline.error
+
+
+def summary_lines(pipeline: Pipeline, wall_s: float) -> list[str]:
+    """A human summary of a finished run."""
+    snap = pipeline.snapshot()
+    layout = pipeline.source.layout
+    block = pipeline.cfg.pipeline.block
+    period_ms = block / layout.rate * 1e3
+    signal_s = snap["signal_s"]
+    speed = f"{signal_s / wall_s:.1f}x real time" if wall_s > 0 else "-"
+    proc = snap["processing_ms"]
+    lines = [
+        f"{signal_s:.2f} s of audio ({layout.rate} Hz, {layout.channels} ch) in "
+        f"{snap['blocks']} blocks of {block} in {wall_s:.2f} s ({speed}, RTF {snap['rtf']})",
+        f"processing per block: p50 {proc['p50']} ms  p99 {proc['p99']} ms  max {proc['max']} ms  "
+        f"(period {period_ms:.2f} ms, {snap['deadline_misses']} deadline misses)",
+    ]
+    for name, stage in snap["stages_ms"].items():
+        lines.append(
+            f"  {name}: p50 {stage['p50']} ms  p99 {stage['p99']} ms  max {stage['max']} ms"
+        )
+    algo = pipeline.algorithmic_latency
+    lines.append(
+        f"algorithmic latency: {algo} samples ({algo / layout.rate * 1e3:.2f} ms: block {block}"
+        + "".join(f" + {s.name} {s.latency}" for s in pipeline.stages)
+        + ")"
+    )
+    lines.append(
+        f"dropped blocks: {snap['dropped_blocks']}  sink drops: {snap['sink_drops'] or 0}  "
+        f"non-finite samples zeroed: {snap['nonfinite_samples']}"
+    )
+    return lines
