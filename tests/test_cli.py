@@ -290,3 +290,47 @@ def test_run_ends_with_a_non_looping_file(
     cfg.write_text('[source]\nkind = "file"\npath = "in.wav"\n')
     proc = run_cli(["run", str(cfg)], {**cli_env, "STREAMER__PUBLISH__ENDPOINT": endpoint})
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_replay_leaves_a_valid_prefix(
+    tmp_path: Path, taps_config: tuple[Path, np.ndarray], cli_env: dict[str, str], sig: int
+) -> None:
+    cfg, taps = taps_config
+    x = write_wav(tmp_path / "in.wav", 2, 10 * RATE)  # 10 s, replayed at real-time pace
+    out = tmp_path / "out.wav"
+    proc = subprocess.Popen(
+        [
+            *STREAMER,
+            "replay",
+            str(tmp_path / "in.wav"),
+            "--config",
+            str(cfg),
+            "--output",
+            str(out),
+            "--block",
+            "400",
+            "--realtime",
+        ],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while (
+            not out.exists() or out.stat().st_size < 44 + 8 * 4000
+        ) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    y, rate = sf.read(out, always_2d=True)
+    assert rate == RATE and 4000 <= y.shape[0] < x.shape[0] and y.shape[0] % 400 == 0
+    want = scipy.signal.lfilter(taps, 1.0, x[: y.shape[0]].astype(np.float64), axis=0)
+    assert np.max(np.abs(y - want)) <= 1e-5 * np.max(np.abs(want))
