@@ -66,6 +66,7 @@ class Pipeline:
         self._failed = threading.Event()
         self._queue: queue.Queue[Block | object] = queue.Queue(maxsize=cfg.pipeline.queue_blocks)
         self._stage_ns = [0] * len(stages)
+        self._cpu_start_s = time.process_time()
         self._threads = [
             threading.Thread(target=self._capture_loop, name="capture", daemon=True),
             threading.Thread(target=self._processing_loop, name="processing", daemon=True),
@@ -81,6 +82,7 @@ class Pipeline:
         return self._queue.qsize()
 
     def start(self) -> None:
+        self._cpu_start_s = time.process_time()
         for thread in self._threads:
             thread.start()
 
@@ -100,7 +102,15 @@ class Pipeline:
         self.source.close()
 
     def snapshot(self) -> dict[str, Any]:
-        return self.metrics.snapshot(queue_depth=self.queue_depth)
+        """The metrics snapshot plus what only the pipeline knows: its algorithmic
+        latency, and the process's CPU time per second of signal (as `streamer bench`
+        reports it)."""
+        snap = self.metrics.snapshot(queue_depth=self.queue_depth)
+        snap["algorithmic_latency_samples"] = self.algorithmic_latency
+        signal_s = snap["signal_s"]
+        cpu_s = time.process_time() - self._cpu_start_s
+        snap["cpu_per_signal_s"] = round(cpu_s / signal_s, 6) if signal_s else None
+        return snap
 
     # ------------------------------------------------------------- threads
 

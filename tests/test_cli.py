@@ -247,6 +247,8 @@ def test_subscribe_command_prints_json_lines(endpoint: str, cli_env: dict[str, s
     assert 0 < lines[0]["end_to_end_ms"] < 1000
     assert status[1].header["seq"] == status[0].header["seq"] + 1
     assert status[1].header["blocks"] > 0
+    assert status[1].header["algorithmic_latency_samples"] == 256 + 255
+    assert 0 < status[1].header["cpu_per_signal_s"] < 1
 
 
 def test_subscribe_times_out_without_a_publisher(endpoint: str, cli_env: dict[str, str]) -> None:
