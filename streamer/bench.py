@@ -163,6 +163,9 @@ class _ReplaySource:
             seq += 1
             t0 += block_size
 
+    def health(self) -> dict[str, Any]:
+        return {}
+
     def close(self) -> None:
         pass
 

@@ -38,6 +38,7 @@ __all__ = [
     "Config",
     "FileSourceConfig",
     "FirConfig",
+    "MicSourceConfig",
     "OutputConfig",
     "PipelineConfig",
     "PublishConfig",
@@ -121,7 +122,38 @@ class FileSourceConfig(_Model):
     loop: bool = Field(False, description="Start again at the end of the file (for demos).")
 
 
-SourceConfig = Annotated[SynthSourceConfig | FileSourceConfig, Field(discriminator="kind")]
+class MicSourceConfig(_Model):
+    """A live audio input through PortAudio (sounddevice): a microphone or an interface."""
+
+    kind: Literal["mic"] = "mic"
+    device: str | int | None = Field(
+        None,
+        description="Input device: an index, or a part of its name (`streamer devices` lists "
+        "them); unset for the system's default input.",
+    )
+    rate: int = Field(48_000, ge=1_000, le=768_000, description="Sample rate, Hz.")
+    channels: int = Field(1, ge=1, le=64, description="Channel count.")
+    latency: Literal["low", "high"] | float = Field(
+        "low",
+        description="PortAudio input latency: 'low', 'high' or seconds. Through PulseAudio "
+        "'high' means buffers of most of a second, delivered in bursts.",
+    )
+    stall_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        description="No audio for this long (beyond one block) counts as a lost device.",
+    )
+    retry_initial_s: float = Field(
+        0.5, gt=0, description="First wait before reopening a lost device, seconds."
+    )
+    retry_max_s: float = Field(
+        10.0, gt=0, description="Longest wait between reopening attempts (the back-off doubles)."
+    )
+
+
+SourceConfig = Annotated[
+    SynthSourceConfig | FileSourceConfig | MicSourceConfig, Field(discriminator="kind")
+]
 
 # ---------------------------------------------------------------------- stages
 
@@ -194,8 +226,9 @@ class PipelineConfig(_Model):
         "drop-oldest",
         description="What a live source does when processing falls behind; drops are counted.",
     )
-    status_interval_s: float = Field(
-        5.0, gt=0, description="Seconds between status lines and status/ messages."
+    status_interval_s: float = Field(5.0, gt=0, description="Seconds between status log lines.")
+    heartbeat_s: float = Field(
+        1.0, gt=0, description="Seconds between status/ messages (the daemon's heartbeat)."
     )
 
 
@@ -273,7 +306,7 @@ class Config(_Model):
 # ------------------------------------------------------------------- loading
 
 
-_UNION_TAGS = frozenset({"synth", "file", "fir"})
+_UNION_TAGS = frozenset({"synth", "file", "mic", "fir"})
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

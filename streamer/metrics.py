@@ -169,10 +169,17 @@ def status_line(snap: dict[str, Any]) -> str:
     """One human line from a snapshot, for the terminal and logs."""
     proc, e2e = snap["processing_ms"], snap["end_to_end_ms"]
     sink_drops = sum(snap["sink_drops"].values())
+    source = snap.get("source") or {}
+    device = (
+        f"  input {source['state']} overflows {source['input_overflows']} "
+        f"losses {source['device_losses']}"
+        if "state" in source
+        else ""
+    )
     return (
         f"{snap['uptime_s']:8.1f}s  blocks {snap['blocks']}  "
         f"proc p50/p99/max {_ms(proc['p50'])}/{_ms(proc['p99'])}/{_ms(proc['max'])} ms  "
         f"e2e p50/p99 {_ms(e2e['p50'])}/{_ms(e2e['p99'])} ms  "
         f"misses {snap['deadline_misses']}  drops {snap['dropped_blocks']}+{sink_drops}  "
-        f"nonfinite {snap['nonfinite_samples']}  queue {snap['queue_depth']}"
+        f"nonfinite {snap['nonfinite_samples']}  queue {snap['queue_depth']}{device}"
     )

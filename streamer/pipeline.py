@@ -107,6 +107,7 @@ class Pipeline:
         reports it)."""
         snap = self.metrics.snapshot(queue_depth=self.queue_depth)
         snap["algorithmic_latency_samples"] = self.algorithmic_latency
+        snap["source"] = self.source.health()
         signal_s = snap["signal_s"]
         cpu_s = time.process_time() - self._cpu_start_s
         snap["cpu_per_signal_s"] = round(cpu_s / signal_s, 6) if signal_s else None

@@ -37,6 +37,9 @@ class ListSource:
                 samples[0, ::2] = np.nan
             yield Block(samples, "test", seq, seq * self._size, LAYOUT.rate, time.monotonic_ns())
 
+    def health(self) -> dict[str, object]:
+        return {}
+
     def close(self) -> None:
         self.closed = True
 

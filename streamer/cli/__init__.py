@@ -8,14 +8,14 @@ traceback is shown only with ``--debug``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import traceback
 from collections.abc import Sequence
 
 from streamer import __version__
-from streamer.cli import bench, replay, run, subscribe
+from streamer.cli import bench, devices, replay, run, subscribe
 from streamer.errors import StreamerError
+from streamer.logs import configure_logging
 
 __all__ = ["build_parser", "main"]
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, replay, subscribe, bench):
+    for module in (run, replay, subscribe, bench, devices):
         module.add_parser(commands)
     return parser
 
@@ -40,11 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s streamer %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging()
     try:
         status: int = args.handler(args)
         return status

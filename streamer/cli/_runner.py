@@ -61,6 +61,7 @@ def drive(pipeline: Pipeline, *, progress: bool) -> None:
     Raises whatever stopped the pipeline, after the sinks were finalised.
     """
     interval = pipeline.cfg.pipeline.status_interval_s
+    heartbeat = pipeline.cfg.pipeline.heartbeat_s
     rate = pipeline.source.layout.rate
     total = pipeline.source.total_frames
     bar = tqdm(
@@ -72,17 +73,25 @@ def drive(pipeline: Pipeline, *, progress: bool) -> None:
     )
     with _stop_on_signals(pipeline), bar:
         pipeline.start()
-        next_status = time.monotonic() + interval
-        while not pipeline.wait(0.1 if not bar.disable else min(interval, 0.5)):
+        now = time.monotonic()
+        next_line, next_beat = now + interval, now + heartbeat
+        tick = 0.1 if not bar.disable else min(interval, heartbeat, 0.5)
+        while not pipeline.wait(tick):
             if not bar.disable:
                 bar.update(round(pipeline.metrics.frames / rate, 2) - bar.n)
-            if time.monotonic() >= next_status:
-                next_status += interval
-                snapshot = pipeline.snapshot()
-                if bar.disable:
-                    log.info("[%s] %s", pipeline.cfg.stream, status_line(snapshot))
+            now = time.monotonic()
+            if now < min(next_line, next_beat):
+                continue
+            snapshot = pipeline.snapshot()
+            if now >= next_beat:
+                next_beat = max(next_beat + heartbeat, now)
                 if pipeline.publisher is not None:
                     pipeline.publisher.publish_status(snapshot)
+            if now >= next_line:
+                next_line = max(next_line + interval, now)
+                if bar.disable:
+                    name = pipeline.cfg.stream
+                    log.info("[%s] %s", name, status_line(snapshot), extra={"status": snapshot})
         if not bar.disable:
             bar.update(round(pipeline.metrics.frames / rate, 2) - bar.n)
     pipeline.close()

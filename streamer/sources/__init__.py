@@ -8,12 +8,25 @@ from typing import Any, Final
 from streamer.config import SourceConfig
 from streamer.sources.base import Pacer, Source
 from streamer.sources.file import FileSource
+from streamer.sources.mic import MicSource
 from streamer.sources.synth import SynthSource
 
-__all__ = ["SOURCE_KINDS", "FileSource", "Pacer", "Source", "SynthSource", "open_source"]
+__all__ = [
+    "SOURCE_KINDS",
+    "FileSource",
+    "MicSource",
+    "Pacer",
+    "Source",
+    "SynthSource",
+    "open_source",
+]
 
 SourceFactory = Callable[[Any, str], Source]
-SOURCE_KINDS: Final[dict[str, SourceFactory]] = {"synth": SynthSource, "file": FileSource}
+SOURCE_KINDS: Final[dict[str, SourceFactory]] = {
+    "synth": SynthSource,
+    "file": FileSource,
+    "mic": MicSource,
+}
 
 
 def open_source(cfg: SourceConfig, stream: str) -> Source:
@@ -21,7 +34,7 @@ def open_source(cfg: SourceConfig, stream: str) -> Source:
 
     Parameters
     ----------
-    cfg : SynthSourceConfig or FileSourceConfig
+    cfg : SynthSourceConfig, FileSourceConfig or MicSourceConfig
         The ``[source]`` table; its ``kind`` picks the class in `SOURCE_KINDS`.
     stream : str
         Name of the stream, copied into every block.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from streamer.block import Block, StreamLayout
 
@@ -34,6 +34,10 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Release files and devices."""
+        ...
+
+    def health(self) -> dict[str, Any]:
+        """The source's own state and loss counters (for status/); empty when it has none."""
         ...
 
 

@@ -7,7 +7,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -366,6 +366,10 @@ class FileSource:
             t0 += got
             if got < block_size:
                 return
+
+    def health(self) -> dict[str, Any]:
+        """A file has no state to report: a read error stops the stream instead."""
+        return {}
 
     def close(self) -> None:
         """Close the file."""

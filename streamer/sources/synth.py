@@ -6,7 +6,7 @@ import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -506,6 +506,10 @@ class SynthSource:
             yield Block(samples, self.stream, seq, t0, self.cfg.rate, captured_ns)
             seq += 1
             t0 += n
+
+    def health(self) -> dict[str, Any]:
+        """A generated scene has no state to report."""
+        return {}
 
     def close(self) -> None:
         """Nothing to release."""
