@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -77,6 +78,8 @@ class BlockTiming:
     period_ns: int
     nonfinite: int
     """Non-finite samples replaced by zero in this block."""
+    stage_names: tuple[str, ...] = ()
+    """Names matching ``stage_ns`` (the chain may change on a config reload)."""
 
     @property
     def missed(self) -> bool:
@@ -90,11 +93,11 @@ class StreamMetrics:
     drops; the main thread reads snapshots for the status line and ``status/``.
     """
 
-    def __init__(self, stream: str, rate: int, stage_names: list[str], block: int):
+    def __init__(self, stream: str, rate: int, stage_names: Sequence[str], block: int):
         self.stream = stream
         self.rate = rate
         self.block = block
-        self.stage_names = stage_names
+        self.stage_names = tuple(stage_names)
         self.started_ns = time.monotonic_ns()
         self._lock = threading.Lock()
         self.blocks = 0
@@ -118,6 +121,10 @@ class StreamMetrics:
             self.processing.record(timing.processing_ns)
             self.processing_time_ns += timing.processing_ns
             self.queue_wait.record(max(timing.queue_ns, 0))
+            if timing.stage_names and timing.stage_names != self.stage_names:
+                # A reloaded chain: per-stage figures start afresh under the new names.
+                self.stage_names = timing.stage_names
+                self.stages = [LatencyHistogram() for _ in self.stage_names]
             for hist, ns in zip(self.stages, timing.stage_ns, strict=True):
                 hist.record(ns)
             self.deadline_misses += timing.missed

@@ -66,6 +66,9 @@ class Pipeline:
         self._failed = threading.Event()
         self._queue: queue.Queue[Block | object] = queue.Queue(maxsize=cfg.pipeline.queue_blocks)
         self._stage_ns = [0] * len(stages)
+        self._stage_names = tuple(stage.name for stage in stages)
+        self._pending_stages: list[Stage] | None = None
+        self._pending_lock = threading.Lock()
         self._cpu_start_s = time.process_time()
         self._threads = [
             threading.Thread(target=self._capture_loop, name="capture", daemon=True),
@@ -85,6 +88,15 @@ class Pipeline:
         self._cpu_start_s = time.process_time()
         for thread in self._threads:
             thread.start()
+
+    def replace_stages(self, stages: list[Stage]) -> None:
+        """Swap the stage chain between two blocks (a config reload): the stream goes on.
+
+        Safe from any thread: the processing thread picks the new chain up
+        before its next block.
+        """
+        with self._pending_lock:
+            self._pending_stages = stages
 
     def request_stop(self) -> None:
         """Ask the source to stop; queued blocks are still processed. Safe from a signal handler."""
@@ -176,6 +188,11 @@ class Pipeline:
             self.done.set()
 
     def _process(self, block: Block) -> None:
+        if self._pending_stages is not None:
+            with self._pending_lock:
+                self.stages, self._pending_stages = self._pending_stages, None
+            self._stage_ns = [0] * len(self.stages)
+            self._stage_names = tuple(stage.name for stage in self.stages)
         start_ns = time.perf_counter_ns()
         queue_ns = time.monotonic_ns() - block.captured_ns
         nonfinite = _sanitise(block)
@@ -189,6 +206,7 @@ class Pipeline:
             stage_ns=tuple(self._stage_ns),
             period_ns=block.frames * 1_000_000_000 // block.rate,
             nonfinite=nonfinite,
+            stage_names=self._stage_names,
         )
         self.metrics.record_block(block.frames, timing)
         for sink in self.sinks:
@@ -230,7 +248,7 @@ def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
             sinks.append(wav)
         publisher = None
         if publish:
-            publisher = Publisher(cfg.publish, cfg.stream, names, metrics)
+            publisher = Publisher(cfg.publish, cfg.stream, metrics)
             cleanup.callback(publisher.close)
             sinks.append(publisher)
         cleanup.pop_all()

@@ -25,6 +25,7 @@ from streamer.stages import build_stages
 from streamer.wire import decode
 
 from .conftest import STREAMER
+from .helpers.collector import Collector
 
 RATE = 16000
 
@@ -336,3 +337,42 @@ def test_signal_during_replay_leaves_a_valid_prefix(
     assert rate == RATE and 4000 <= y.shape[0] < x.shape[0] and y.shape[0] % 400 == 0
     want = scipy.signal.lfilter(taps, 1.0, x[: y.shape[0]].astype(np.float64), axis=0)
     assert np.max(np.abs(y - want)) <= 1e-5 * np.max(np.abs(want))
+
+
+def test_sighup_reloads_stages_without_interrupting_the_stream(
+    tmp_path: Path, endpoint: str, cli_env: dict[str, str]
+) -> None:
+    cfg = tmp_path / "live.toml"
+    head = f'[pipeline]\nheartbeat_s = 0.2\n[publish]\nendpoint = "{endpoint}"\n'
+    fir = '[[stages]]\nkind = "fir"\nname = "{}"\ndesign = "lowpass"\ncutoff_hz = 2000.0\n'
+    cfg.write_text(head + fir.format("first"))
+    collector = Collector(endpoint)
+    proc = subprocess.Popen(
+        [*STREAMER, "run", str(cfg)], env=cli_env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def stages_now() -> set[str]:
+        status = collector.of("status")
+        return set(status[-1].header["stages_ms"]) if status else set()
+
+    try:
+        collector.wait_for("the first chain", lambda: stages_now() == {"first"})
+        cfg.write_text(head + fir.format("second"))
+        proc.send_signal(signal.SIGHUP)
+        collector.wait_for("the reloaded chain", lambda: stages_now() == {"second"})
+        cfg.write_text(head + '[[stages]]\nkind = "fir"\nnumtaps = 0\n')
+        proc.send_signal(signal.SIGHUP)
+        n_status = len(collector.of("status"))
+        collector.wait_for("more heartbeats", lambda: len(collector.of("status")) > n_status + 3)
+        assert stages_now() == {"second"}, "a refused config must leave the chain alone"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        collector.close()
+    assert proc.returncode == 0, err
+    assert "reloaded" in err and "reload refused" in err and "stages[0].numtaps" in err
+    seq = [m.header["seq"] for m in collector.of("audio")]
+    assert seq == list(range(seq[0], seq[0] + len(seq))), "the stream was interrupted"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -24,8 +25,9 @@ log = logging.getLogger("streamer")
 
 
 @contextmanager
-def _stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
-    """SIGINT/SIGTERM ask for a graceful stop; a second one aborts at once."""
+def _handle_signals(pipeline: Pipeline, reload_asked: threading.Event | None) -> Iterator[None]:
+    """SIGINT/SIGTERM ask for a graceful stop, a second one aborts at once; SIGHUP, when
+    the command can reload, asks for a config reload (done on the main loop, not here)."""
     asked = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -37,6 +39,8 @@ def _stop_on_signals(pipeline: Pipeline) -> Iterator[None]:
         pipeline.request_stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if reload_asked is not None:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reload_asked.set())
     try:
         yield
     finally:
@@ -55,8 +59,9 @@ def build(cfg: Config, config_path: Path | None, *, publish: bool) -> Pipeline:
         raise
 
 
-def drive(pipeline: Pipeline, *, progress: bool) -> None:
-    """Run ``pipeline`` to its end (or a signal), with a status line every interval.
+def drive(pipeline: Pipeline, *, progress: bool, reload: Callable[[], None] | None = None) -> None:
+    """Run ``pipeline`` to its end (or a signal), with a status line every interval
+    and a ``status/`` heartbeat; on SIGHUP, call ``reload`` (if given).
 
     Raises whatever stopped the pipeline, after the sinks were finalised.
     """
@@ -71,7 +76,8 @@ def drive(pipeline: Pipeline, *, progress: bool) -> None:
         disable=not (progress and sys.stderr.isatty()),
         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}, {rate_fmt}]",
     )
-    with _stop_on_signals(pipeline), bar:
+    reload_asked = threading.Event() if reload is not None else None
+    with _handle_signals(pipeline, reload_asked), bar:
         pipeline.start()
         now = time.monotonic()
         next_line, next_beat = now + interval, now + heartbeat
@@ -79,6 +85,9 @@ def drive(pipeline: Pipeline, *, progress: bool) -> None:
         while not pipeline.wait(tick):
             if not bar.disable:
                 bar.update(round(pipeline.metrics.frames / rate, 2) - bar.n)
+            if reload is not None and reload_asked is not None and reload_asked.is_set():
+                reload_asked.clear()
+                reload()
             now = time.monotonic()
             if now < min(next_line, next_beat):
                 continue

@@ -10,6 +10,9 @@ from typing import Any
 
 from streamer.cli._runner import build, drive, summary_lines
 from streamer.config import load_config
+from streamer.errors import StreamerError
+from streamer.pipeline import Pipeline
+from streamer.stages import build_stages
 
 log = logging.getLogger("streamer")
 
@@ -44,7 +47,37 @@ def handle(args: argparse.Namespace) -> int:
     if pipeline.publisher is not None:
         log.info("[%s] publishing on %s", cfg.stream, pipeline.publisher.endpoint)
     started = time.monotonic()
-    drive(pipeline, progress=False)
+    reload = None if args.config is None else lambda: reload_config(pipeline, args.config)
+    drive(pipeline, progress=False, reload=reload)
     for line in summary_lines(pipeline, time.monotonic() - started):
         log.info("[%s] %s", cfg.stream, line)
     return 0
+
+
+def reload_config(pipeline: Pipeline, path: Path) -> None:
+    """SIGHUP: rebuild the stages from the config file between two blocks.
+
+    A config that is refused (bad TOML, a bad value, a filter the stream's rate
+    cannot have) leaves the running chain as it was, with the reason logged.
+    Other sections are compared and, where they changed, said to wait for a
+    restart: a source or socket cannot be swapped without interrupting the stream.
+    """
+    name = pipeline.cfg.stream
+    try:
+        new = load_config(path)
+        stages = build_stages(new.stages, pipeline.source.layout, block=pipeline.cfg.pipeline.block)
+    except StreamerError as exc:
+        log.error("[%s] reload refused, keeping the running config: %s", name, exc)
+        return
+    old = pipeline.cfg
+    for section in ("stream", "source", "pipeline", "publish", "output"):
+        if getattr(new, section) != getattr(old, section):
+            log.warning("[%s] reload: [%s] changed; it applies at the next restart", name, section)
+    pipeline.replace_stages(stages)
+    pipeline.cfg = old.model_copy(update={"stages": new.stages})
+    log.info(
+        "[%s] reloaded %s: stages %s",
+        name,
+        path,
+        ", ".join(stage.name for stage in stages) or "none",
+    )

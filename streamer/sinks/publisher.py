@@ -40,13 +40,11 @@ class Publisher:
         self,
         cfg: PublishConfig,
         stream: str,
-        stage_names: list[str],
         metrics: StreamMetrics,
         context: zmq.Context[Any] | None = None,
     ):
         self._cfg = cfg
         self._stream = stream
-        self._stage_names = stage_names
         self._metrics = metrics
         self._topics = {kind: topic_for(kind, stream) for kind in ("audio", "metrics", "status")}
         self._status_seq = 0
@@ -111,7 +109,7 @@ class Publisher:
                 "period_ns": timing.period_ns,
                 "queue_ns": timing.queue_ns,
                 "processing_ns": timing.processing_ns,
-                "stages_ns": dict(zip(self._stage_names, timing.stage_ns, strict=True)),
+                "stages_ns": dict(zip(timing.stage_names, timing.stage_ns, strict=True)),
                 "end_to_end_ns": end_to_end_ns,
                 "deadline_missed": timing.missed,
                 "nonfinite": timing.nonfinite,
