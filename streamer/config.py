@@ -41,6 +41,7 @@ __all__ = [
     "MicSourceConfig",
     "OutputConfig",
     "PipelineConfig",
+    "PrometheusConfig",
     "PublishConfig",
     "SourceConfig",
     "StageConfig",
@@ -276,6 +277,14 @@ class PublishConfig(_Model):
         return self
 
 
+class PrometheusConfig(_Model):
+    """An HTTP endpoint for Prometheus to scrape (off by default)."""
+
+    enabled: bool = Field(False, description="Serve /metrics over HTTP.")
+    address: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(9464, ge=0, le=65535, description="TCP port (0 picks a free one).")
+
+
 class OutputConfig(_Model):
     """Files written while running."""
 
@@ -301,6 +310,7 @@ class Config(_Model):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
 
 
 # ------------------------------------------------------------------- loading

@@ -56,6 +56,15 @@ class LatencyHistogram:
         upper = _MIN_NS * _GROWTH**idx
         return float(min(upper, self.max_ns))
 
+    def cumulative_counts(self, edges_ns: Sequence[float]) -> list[int]:
+        """How many recorded values are at most each edge (to within a bin's 1 %)."""
+        cumulative = np.cumsum(self._counts)
+        out = []
+        for edge in edges_ns:
+            idx = 0 if edge <= _MIN_NS else int(math.log(edge / _MIN_NS) / _LOG_GROWTH)
+            out.append(int(cumulative[min(idx, _BINS - 1)]) if idx >= 0 else 0)
+        return out
+
     def summary_ms(self) -> dict[str, float | None]:
         """p50, p99 and max in milliseconds (None when empty, as JSON has no NaN)."""
         if self.count == 0:

@@ -106,11 +106,15 @@ class Pipeline:
         return self.done.wait(timeout)
 
     def close(self) -> None:
-        """Stop, join the threads and release the source (sinks close on the processing thread)."""
+        """Stop, join the threads and release the source. Sinks close on the processing
+        thread as it ends; a pipeline that never started closes them here."""
         self.request_stop()
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
+        if not self.done.is_set():
+            for sink in self.sinks:
+                sink.close()
         self.source.close()
 
     def snapshot(self) -> dict[str, Any]:

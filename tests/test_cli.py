@@ -376,3 +376,47 @@ def test_sighup_reloads_stages_without_interrupting_the_stream(
     assert "reloaded" in err and "reload refused" in err and "stages[0].numtaps" in err
     seq = [m.header["seq"] for m in collector.of("audio")]
     assert seq == list(range(seq[0], seq[0] + len(seq))), "the stream was interrupted"
+
+
+def test_prometheus_endpoint_serves_the_pipeline_metrics(
+    tmp_path: Path, endpoint: str, cli_env: dict[str, str]
+) -> None:
+    import urllib.request
+
+    from .conftest import free_tcp_endpoint
+
+    port = int(free_tcp_endpoint().rsplit(":", 1)[1])
+    env = {
+        **cli_env,
+        "STREAMER__PUBLISH__ENDPOINT": endpoint,
+        "STREAMER__PROMETHEUS__ENABLED": "true",
+        "STREAMER__PROMETHEUS__PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [*STREAMER, "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        receive(endpoint, "audio/", 50)  # running, and past 50 blocks
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values['streamer_blocks_total{stream="main"}'] >= 50
+    assert values['streamer_dropped_blocks_total{stream="main"}'] == 0
+    count = values['streamer_processing_seconds_count{stream="main"}']
+    assert count >= 50
+    assert values['streamer_processing_seconds_bucket{le="+Inf",stream="main"}'] == count
+    assert values['streamer_processing_seconds_bucket{le="0.1",stream="main"}'] <= count
+    assert 'streamer_stage_seconds_count{stage="fir",stream="main"}' in values
+    assert values['streamer_algorithmic_latency_seconds{stream="main"}'] == pytest.approx(
+        511 / 48000
+    )

@@ -12,6 +12,7 @@ from streamer.cli._runner import build, drive, summary_lines
 from streamer.config import load_config
 from streamer.errors import StreamerError
 from streamer.pipeline import Pipeline
+from streamer.prometheus import serve as serve_prometheus
 from streamer.stages import build_stages
 
 log = logging.getLogger("streamer")
@@ -46,6 +47,13 @@ def handle(args: argparse.Namespace) -> int:
     )
     if pipeline.publisher is not None:
         log.info("[%s] publishing on %s", cfg.stream, pipeline.publisher.endpoint)
+    if cfg.prometheus.enabled:
+        try:
+            host, port = serve_prometheus(cfg.prometheus, pipeline)
+        except StreamerError:
+            pipeline.close()
+            raise
+        log.info("[%s] Prometheus metrics on http://%s:%d/metrics", cfg.stream, host, port)
     started = time.monotonic()
     reload = None if args.config is None else lambda: reload_config(pipeline, args.config)
     drive(pipeline, progress=False, reload=reload)
