@@ -286,10 +286,19 @@ class PrometheusConfig(_Model):
 
 
 class OutputConfig(_Model):
-    """Files written while running."""
+    """Where processed audio goes besides the wire: a file, a speaker to listen on."""
 
     wav: ConfigPath | None = Field(
         None, description="Write processed audio here (32-bit float WAV)."
+    )
+    monitor: bool = Field(
+        False, description="Play processed audio on an output device, for listening in."
+    )
+    monitor_device: str | int | None = Field(
+        None, description="Output device (index or part of a name); unset for the default."
+    )
+    monitor_buffer_blocks: int = Field(
+        8, ge=2, le=1024, description="Blocks the monitor may hold before it drops new ones."
     )
 
 

@@ -117,6 +117,8 @@ class StreamMetrics:
         """Blocks a live source lost because the processing queue was full."""
         self.sink_drops: dict[str, int] = {}
         """Blocks or messages a sink dropped because it could not keep up, by sink."""
+        self.sink_underruns: dict[str, int] = {}
+        """Times a device sink (the monitor) had nothing to play, by sink."""
         self.processing = LatencyHistogram()
         self.queue_wait = LatencyHistogram()
         self.stages = [LatencyHistogram() for _ in stage_names]
@@ -151,6 +153,10 @@ class StreamMetrics:
         with self._lock:
             self.sink_drops[sink] = self.sink_drops.get(sink, 0) + 1
 
+    def record_sink_underrun(self, sink: str) -> None:
+        """Lock-free, for an audio callback: one writer per sink, whose key already exists."""
+        self.sink_underruns[sink] += 1
+
     def snapshot(self, queue_depth: int = 0) -> dict[str, Any]:
         """Everything as plain JSON-ready values (the ``status/`` payload)."""
         with self._lock:
@@ -164,6 +170,7 @@ class StreamMetrics:
                 "queue_depth": queue_depth,
                 "dropped_blocks": self.dropped_blocks,
                 "sink_drops": dict(self.sink_drops),
+                "sink_underruns": dict(self.sink_underruns),
                 "deadline_misses": self.deadline_misses,
                 "nonfinite_samples": self.nonfinite_samples,
                 "rtf": round(self.processing_time_ns / 1e9 / signal_s, 6) if signal_s else None,

@@ -28,6 +28,7 @@ from streamer.config import Config
 from streamer.metrics import BlockTiming, StreamMetrics
 from streamer.sinks.base import Sink
 from streamer.sinks.publisher import Publisher
+from streamer.sinks.speaker import SpeakerMonitor
 from streamer.sinks.wav import WavWriter
 from streamer.sources import Source, open_source
 from streamer.stages import Stage, build_stages
@@ -250,6 +251,10 @@ def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
             wav = WavWriter(cfg.output.wav, source.layout, metrics, lossless=not source.live)
             cleanup.callback(wav.close)
             sinks.append(wav)
+        if cfg.output.monitor:
+            monitor = SpeakerMonitor(cfg.output, source.layout, metrics, cfg.pipeline.block)
+            cleanup.callback(monitor.close)
+            sinks.append(monitor)
         publisher = None
         if publish:
             publisher = Publisher(cfg.publish, cfg.stream, metrics)

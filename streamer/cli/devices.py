@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from streamer.sources.mic import import_sounddevice
+from streamer.devices import import_sounddevice
 
 
 def add_parser(commands: argparse._SubParsersAction[Any]) -> None:

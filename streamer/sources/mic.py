@@ -18,7 +18,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -26,55 +25,14 @@ import numpy.typing as npt
 
 from streamer.block import Block, StreamLayout
 from streamer.config import MicSourceConfig
-from streamer.errors import DeviceError, NoInputDeviceError
+from streamer.devices import find_device, import_sounddevice
+from streamer.errors import DeviceError
 
-__all__ = ["MicSource", "import_sounddevice", "input_devices"]
+__all__ = ["MicSource"]
 
 log = logging.getLogger("streamer")
 
 _RING_SLOTS = 64
-
-
-def import_sounddevice() -> ModuleType:
-    """sounddevice, imported on demand: replay and tests never need PortAudio."""
-    try:
-        import sounddevice as sd
-    except OSError as exc:  # the PortAudio library itself is missing
-        raise DeviceError(
-            f"PortAudio is not available ({exc}); install it (Debian: apt install libportaudio2)"
-        ) from exc
-    module: ModuleType = sd  # untyped package: give it a type here, once
-    return module
-
-
-def input_devices(sd: ModuleType) -> list[dict[str, Any]]:
-    """Every device with input channels, as sounddevice describes them (with ``index``)."""
-    return [dict(d) for d in sd.query_devices() if d["max_input_channels"] > 0]
-
-
-def _find_device(sd: ModuleType, wanted: str | int | None) -> int:
-    inputs = input_devices(sd)
-    if not inputs:
-        raise NoInputDeviceError("this machine has no audio input device")
-    if wanted is None:
-        default = sd.default.device[0]
-        if default is None or default < 0:
-            return int(inputs[0]["index"])
-        return int(default)
-    if isinstance(wanted, int):
-        if not any(d["index"] == wanted for d in inputs):
-            names = ", ".join(f"{d['index']}: {d['name']}" for d in inputs)
-            raise NoInputDeviceError(f"no input device {wanted} (inputs are {names})")
-        return wanted
-    matches = [d for d in inputs if wanted.lower() in d["name"].lower()]
-    if not matches:
-        names = ", ".join(repr(d["name"]) for d in inputs)
-        raise NoInputDeviceError(f"no input device matches {wanted!r} (inputs are {names})")
-    exact = [d for d in matches if d["name"].lower() == wanted.lower()]
-    if len(matches) > 1 and len(exact) != 1:
-        names = ", ".join(repr(d["name"]) for d in matches)
-        raise NoInputDeviceError(f"{wanted!r} matches several input devices: {names}")
-    return int((exact or matches)[0]["index"])
 
 
 class MicSource:
@@ -123,7 +81,7 @@ class MicSource:
 
     def _open_check(self) -> int:
         sd = self._sd
-        device = _find_device(sd, self._cfg.device)
+        device = find_device(sd, self._cfg.device, "input")
         try:
             sd.check_input_settings(
                 device=device,

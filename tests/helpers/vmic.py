@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
+
 SINK = "vspeaker"
 
 _SCRIPT = f"""\
@@ -27,7 +29,8 @@ set-default-sink {SINK}
 
 def available() -> str | None:
     """None when a virtual microphone can be made here, else what is missing."""
-    missing = [tool for tool in ("pulseaudio", "pactl", "paplay") if shutil.which(tool) is None]
+    tools = ("pulseaudio", "pactl", "paplay", "parec")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
     return f"not installed: {', '.join(missing)}" if missing else None
 
 
@@ -71,6 +74,20 @@ class VirtualMicrophone:
                 return
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
+
+    def record(self, seconds: float) -> np.ndarray:
+        """What reaches the virtual speaker for ``seconds``, as mono float32 at 48 kHz."""
+        proc = subprocess.Popen(
+            ["parec", "-d", f"{SINK}.monitor", "--raw", "--format=float32le", "--rate=48000",
+             "--channels=1", "--latency-msec=20"],
+            env=self.env, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, _ = proc.communicate(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            out, _ = proc.communicate()
+        return np.frombuffer(out[: len(out) // 4 * 4], dtype="<f4")
 
     def play(self, wav: Path) -> None:
         """Play a file into the virtual speaker; returns when it has been played."""
