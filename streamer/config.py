@@ -46,6 +46,7 @@ __all__ = [
     "SourceConfig",
     "StageConfig",
     "SynthSourceConfig",
+    "ZmqSourceConfig",
     "load_config",
     "parse_config",
     "with_overrides",
@@ -152,8 +153,34 @@ class MicSourceConfig(_Model):
     )
 
 
+class ZmqSourceConfig(_Model):
+    """Frames published by another program (or another streamer) in the wire format."""
+
+    kind: Literal["zmq"] = "zmq"
+    endpoint: str = Field("tcp://127.0.0.1:5556", description="Where to connect (or bind).")
+    socket: Literal["sub", "pull"] = Field(
+        "sub", description="SUB to a publisher's topic, or PULL from pushers."
+    )
+    bind: bool = Field(False, description="Bind the endpoint instead of connecting to it.")
+    topic: str = Field(
+        "audio/", description="SUB only: the topic prefix to take (e.g. 'audio/pump1')."
+    )
+    rate: int = Field(48_000, ge=1, le=768_000, description="Expected sample rate, Hz.")
+    channels: int = Field(1, ge=1, le=1024, description="Expected channel count.")
+    max_message_bytes: int = Field(
+        16 << 20, ge=1024, description="Larger messages are refused by the socket itself."
+    )
+    local_clock: bool = Field(
+        True,
+        description="The sender's captured_ns is this host's monotonic clock (a sender on "
+        "the same machine): end-to-end latency spans the whole chain. False: blocks are "
+        "stamped on arrival.",
+    )
+
+
 SourceConfig = Annotated[
-    SynthSourceConfig | FileSourceConfig | MicSourceConfig, Field(discriminator="kind")
+    SynthSourceConfig | FileSourceConfig | MicSourceConfig | ZmqSourceConfig,
+    Field(discriminator="kind"),
 ]
 
 # ---------------------------------------------------------------------- stages
@@ -325,7 +352,7 @@ class Config(_Model):
 # ------------------------------------------------------------------- loading
 
 
-_UNION_TAGS = frozenset({"synth", "file", "mic", "fir"})
+_UNION_TAGS = frozenset({"synth", "file", "mic", "zmq", "fir"})
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

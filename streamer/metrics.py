@@ -193,12 +193,11 @@ def status_line(snap: dict[str, Any]) -> str:
     proc, e2e = snap["processing_ms"], snap["end_to_end_ms"]
     sink_drops = sum(snap["sink_drops"].values())
     source = snap.get("source") or {}
-    device = (
-        f"  input {source['state']} overflows {source['input_overflows']} "
-        f"losses {source['device_losses']}"
-        if "state" in source
-        else ""
-    )
+    device = f"  input {source['state']}" if "state" in source else ""
+    for key in ("input_overflows", "device_losses", "refused", "sender_lost_blocks"):
+        if key in source:
+            value = source[key]
+            device += f" {key} {sum(value.values()) if isinstance(value, dict) else value}"
     return (
         f"{snap['uptime_s']:8.1f}s  blocks {snap['blocks']}  "
         f"proc p50/p99/max {_ms(proc['p50'])}/{_ms(proc['p99'])}/{_ms(proc['max'])} ms  "

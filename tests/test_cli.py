@@ -6,7 +6,6 @@ import json
 import re
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,12 @@ import scipy.signal
 import soundfile as sf
 import zmq
 
-from streamer.block import Block
 from streamer.cli import main
-from streamer.config import load_config, with_overrides
-from streamer.sources import open_source
-from streamer.stages import build_stages
 from streamer.wire import decode
 
 from .conftest import STREAMER
 from .helpers.collector import Collector
+from .helpers.offline import offline_default_output
 
 RATE = 16000
 
@@ -178,18 +174,6 @@ def receive(endpoint: str, prefix: str, count: int, deadline_s: float = 20) -> l
     finally:
         sock.close()
     return messages
-
-
-def offline_default_output(seconds: float) -> np.ndarray:
-    """The embedded default pipeline run on the whole synth signal at once."""
-    cfg = with_overrides(
-        load_config(None, environ={}),
-        {"source": {"realtime": False, "duration_s": seconds}},
-    )
-    source = open_source(cfg.source, cfg.stream)
-    whole = np.concatenate([b.samples for b in source.blocks(1 << 16, threading.Event())], axis=1)
-    (stage,) = build_stages(cfg.stages, source.layout, block=whole.shape[1])
-    return stage.process(Block(whole, "main", 0, 0, source.layout.rate, 0)).samples
 
 
 def test_daemon_publishes_exact_audio_and_metrics(endpoint: str, cli_env: dict[str, str]) -> None:

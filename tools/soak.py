@@ -42,12 +42,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the baseline")
     parser.add_argument("--endpoint", default="tcp://127.0.0.1:5599")
     parser.add_argument("--csv", type=Path)
+    parser.add_argument("--log", type=Path, default=Path("soak-daemon.log"), help="daemon's log")
     args = parser.parse_args()
 
     env = {**os.environ, "STREAMER__PUBLISH__ENDPOINT": args.endpoint}
+    # The log goes to a file: a pipe nobody reads would fill and block the daemon's logging.
+    log_file = args.log.open("w")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "streamer", "run", str(args.config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=env, stdout=subprocess.DEVNULL, stderr=log_file,
     )  # fmt: skip
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
@@ -82,7 +85,8 @@ def main() -> int:
                 print(json.dumps(samples[-1]), flush=True)
     finally:
         daemon.send_signal(signal.SIGTERM)
-        daemon.communicate(timeout=30)
+        daemon.wait(timeout=30)
+        log_file.close()
         sock.close()
     if args.csv and samples:
         with args.csv.open("w", newline="") as fh:

@@ -10,6 +10,7 @@ from streamer.sources.base import Pacer, Source
 from streamer.sources.file import FileSource
 from streamer.sources.mic import MicSource
 from streamer.sources.synth import SynthSource
+from streamer.sources.zmq import ZmqSource
 
 __all__ = [
     "SOURCE_KINDS",
@@ -18,6 +19,7 @@ __all__ = [
     "Pacer",
     "Source",
     "SynthSource",
+    "ZmqSource",
     "open_source",
 ]
 
@@ -26,6 +28,7 @@ SOURCE_KINDS: Final[dict[str, SourceFactory]] = {
     "synth": SynthSource,
     "file": FileSource,
     "mic": MicSource,
+    "zmq": ZmqSource,
 }
 
 
