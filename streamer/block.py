@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from streamer.errors import BlockLayoutError
 
-__all__ = ["Block", "StreamLayout"]
+__all__ = ["Annotation", "Block", "StreamLayout"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,26 @@ class StreamLayout:
 
 
 @dataclass(frozen=True, slots=True)
+class Annotation:
+    """Something a stage found in a block, published beside its audio.
+
+    Attributes
+    ----------
+    kind : {"anomaly", "spectrum"}
+        The wire topic kind it goes out on (``KIND/STREAM``).
+    fields : dict
+        JSON-serialisable header fields beyond the common ones (docs/wire-format.md);
+        for ``anomaly``: ``state``, ``event_id``, ``start_s``, ``score``, ...
+    array : ndarray of float32, optional
+        A payload (band energies for ``spectrum``).
+    """
+
+    kind: Literal["anomaly", "spectrum"]
+    fields: dict[str, Any]
+    array: npt.NDArray[np.float32] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     """One contiguous chunk of one stream.
 
@@ -51,6 +72,8 @@ class Block:
         Sample rate, Hz.
     captured_ns : int
         ``time.monotonic_ns()`` when the block's last sample was captured or read.
+    annotations : tuple of Annotation
+        What stages found in this block (events, spectra), in stage order.
     """
 
     samples: npt.NDArray[np.float32]
@@ -59,6 +82,7 @@ class Block:
     t0: int
     rate: int
     captured_ns: int
+    annotations: tuple[Annotation, ...] = ()
 
     @property
     def channels(self) -> int:
@@ -69,5 +93,9 @@ class Block:
         return int(self.samples.shape[1])
 
     def with_samples(self, samples: npt.NDArray[np.float32]) -> Block:
-        """The same block (metadata unchanged) carrying other samples."""
+        """The same block (metadata and annotations unchanged) carrying other samples."""
         return replace(self, samples=samples)
+
+    def annotated(self, *annotations: Annotation) -> Block:
+        """The same block with ``annotations`` added after those it has."""
+        return replace(self, annotations=self.annotations + annotations)

@@ -318,6 +318,9 @@ class OutputConfig(_Model):
     wav: ConfigPath | None = Field(
         None, description="Write processed audio here (32-bit float WAV)."
     )
+    events: ConfigPath | None = Field(
+        None, description="Write anomaly events here, one JSON object per line."
+    )
     monitor: bool = Field(
         False, description="Play processed audio on an output device, for listening in."
     )

@@ -27,6 +27,7 @@ from streamer.block import Block
 from streamer.config import Config
 from streamer.metrics import BlockTiming, StreamMetrics
 from streamer.sinks.base import Sink
+from streamer.sinks.events import EventWriter
 from streamer.sinks.publisher import Publisher
 from streamer.sinks.speaker import SpeakerMonitor
 from streamer.sinks.wav import WavWriter
@@ -251,6 +252,10 @@ def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
             wav = WavWriter(cfg.output.wav, source.layout, metrics, lossless=not source.live)
             cleanup.callback(wav.close)
             sinks.append(wav)
+        if cfg.output.events is not None:
+            events = EventWriter(cfg.output.events, cfg.stream, metrics, lossless=not source.live)
+            cleanup.callback(events.close)
+            sinks.append(events)
         if cfg.output.monitor:
             monitor = SpeakerMonitor(cfg.output, source.layout, metrics, cfg.pipeline.block)
             cleanup.callback(monitor.close)

@@ -23,6 +23,9 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument("input", type=Path, help="the recording")
     parser.add_argument("--config", type=Path, help="TOML config (default: the embedded one)")
     parser.add_argument("--output", type=Path, help="processed audio, 32-bit float WAV")
+    parser.add_argument(
+        "--events", type=Path, help="anomaly events, one JSON object per line (JSONL)"
+    )
     parser.add_argument("--block", type=_positive_int, help="frames per block")
     parser.add_argument("--realtime", action="store_true", help="pace blocks at real time")
     parser.set_defaults(handler=handle)
@@ -46,15 +49,17 @@ def handle(args: argparse.Namespace) -> int:
     updates: dict[str, Any] = {"source": source} if keep_source else {}
     if args.block is not None:
         updates["pipeline"] = {"block": args.block}
-    if args.output is not None:
-        updates["output"] = {"wav": args.output.absolute()}
+    output = {"wav": args.output, "events": args.events}
+    if any(path is not None for path in output.values()):
+        updates["output"] = {k: v.absolute() for k, v in output.items() if v is not None}
     cfg = with_overrides(cfg, updates, replace=None if keep_source else {"source": source})
     pipeline = build(cfg, args.config, publish=cfg.publish.enabled is True)
     started = time.monotonic()
     drive(pipeline, progress=True)
     lines = summary_lines(pipeline, time.monotonic() - started)
-    if cfg.output.wav is not None:
-        lines.append(f"wrote {cfg.output.wav}")
+    for path in (cfg.output.wav, cfg.output.events):
+        if path is not None:
+            lines.append(f"wrote {path}")
     print(
         "\n".join(f"{args.input.name}: {line}" if i == 0 else line for i, line in enumerate(lines)),
         file=sys.stderr,

@@ -31,7 +31,8 @@ class Publisher:
 
     Topics: ``audio/STREAM`` (the processed block), ``metrics/STREAM`` (its
     timings and end-to-end latency to publication), ``status/STREAM`` (a
-    periodic summary with its own ``seq``).
+    periodic summary with its own ``seq``), and ``anomaly/STREAM`` and
+    ``spectrum/STREAM`` for the block's annotations (each with its own ``seq``).
     """
 
     name = "publish"
@@ -46,8 +47,10 @@ class Publisher:
         self._cfg = cfg
         self._stream = stream
         self._metrics = metrics
-        self._topics = {kind: topic_for(kind, stream) for kind in ("audio", "metrics", "status")}
+        kinds = ("audio", "metrics", "status", "anomaly", "spectrum")
+        self._topics = {kind: topic_for(kind, stream) for kind in kinds}
         self._status_seq = 0
+        self._annotation_seq = {"anomaly": 0, "spectrum": 0}
         self._ctx = context or zmq.Context.instance()
         self._socket: zmq.Socket[Any] = self._ctx.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 500)
@@ -115,6 +118,15 @@ class Publisher:
                 "nonfinite": timing.nonfinite,
             }
             self._socket.send_multipart(encode(self._topics["metrics"], header), flags=zmq.NOBLOCK)
+        for annotation in block.annotations:
+            # Each of these topics has its own seq, so a subscriber sees its own losses.
+            seq = self._annotation_seq[annotation.kind]
+            self._annotation_seq[annotation.kind] = seq + 1
+            header = {
+                **common, **annotation.fields, "seq": seq, "published_ns": time.monotonic_ns()
+            }  # fmt: skip
+            frames = encode(self._topics[annotation.kind], header, annotation.array)
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
 
     def _send_status(self, snapshot: dict[str, Any]) -> None:
         now = time.monotonic_ns()
