@@ -254,6 +254,11 @@ class PipelineConfig(_Model):
         "drop-oldest",
         description="What a live source does when processing falls behind; drops are counted.",
     )
+    on_stage_error: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A stage that raises on a block: stop the stream with the error, or drop "
+        "that block (counted, logged) and reset the stage so its state is clean.",
+    )
     status_interval_s: float = Field(5.0, gt=0, description="Seconds between status log lines.")
     heartbeat_s: float = Field(
         1.0, gt=0, description="Seconds between status/ messages (the daemon's heartbeat)."

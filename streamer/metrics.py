@@ -118,6 +118,8 @@ class StreamMetrics:
         self.sink_drops: dict[str, int] = {}
         """Blocks or messages a sink dropped because it could not keep up, by sink."""
         self.sink_underruns: dict[str, int] = {}
+        self.stage_errors: dict[str, int] = {}
+        """Blocks dropped because a stage raised on them (``on_stage_error = "skip"``)."""
         """Times a device sink (the monitor) had nothing to play, by sink."""
         self.processing = LatencyHistogram()
         self.queue_wait = LatencyHistogram()
@@ -153,6 +155,12 @@ class StreamMetrics:
         with self._lock:
             self.sink_drops[sink] = self.sink_drops.get(sink, 0) + 1
 
+    def record_stage_error(self, stage: str) -> int:
+        """Count a block a stage failed on; returns that stage's count so far."""
+        with self._lock:
+            self.stage_errors[stage] = self.stage_errors.get(stage, 0) + 1
+            return self.stage_errors[stage]
+
     def record_sink_underrun(self, sink: str) -> None:
         """Lock-free, for an audio callback: one writer per sink, whose key already exists."""
         self.sink_underruns[sink] += 1
@@ -171,6 +179,7 @@ class StreamMetrics:
                 "dropped_blocks": self.dropped_blocks,
                 "sink_drops": dict(self.sink_drops),
                 "sink_underruns": dict(self.sink_underruns),
+                "stage_errors": dict(self.stage_errors),
                 "deadline_misses": self.deadline_misses,
                 "nonfinite_samples": self.nonfinite_samples,
                 "rtf": round(self.processing_time_ns / 1e9 / signal_s, 6) if signal_s else None,

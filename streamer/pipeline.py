@@ -14,6 +14,7 @@ what is queued is still processed and the sinks are finalised.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import queue
 import threading
@@ -37,6 +38,7 @@ from streamer.stages import Stage, build_stages
 __all__ = ["Pipeline", "build_pipeline"]
 
 _END = object()
+log = logging.getLogger("streamer")
 
 
 class Pipeline:
@@ -204,7 +206,13 @@ class Pipeline:
         nonfinite = _sanitise(block)
         for i, stage in enumerate(self.stages):
             t_ns = time.perf_counter_ns()
-            block = stage.process(block)
+            try:
+                block = stage.process(block)
+            except Exception as exc:
+                if self.cfg.pipeline.on_stage_error == "stop":
+                    raise
+                self._skip_block(stage, block, exc)
+                return
             self._stage_ns[i] = time.perf_counter_ns() - t_ns
         timing = BlockTiming(
             queue_ns=queue_ns,
@@ -217,6 +225,17 @@ class Pipeline:
         self.metrics.record_block(block.frames, timing)
         for sink in self.sinks:
             sink.consume(block, timing)
+
+    def _skip_block(self, stage: Stage, block: Block, exc: Exception) -> None:
+        """``on_stage_error = "skip"``: drop the block (a gap in ``seq`` downstream), count
+        it, and reset the stage so that nothing half-done stays in its state."""
+        count = self.metrics.record_stage_error(stage.name)
+        if count <= 10 or count % 1000 == 0:  # logged, but never a flood
+            log.error(
+                "stage %r failed on block %d (%s: %s); block dropped, stage reset (%d so far)",
+                stage.name, block.seq, type(exc).__name__, exc, count,
+            )  # fmt: skip
+        stage.reset()
 
 
 def _sanitise(block: Block) -> int:

@@ -173,3 +173,39 @@ def test_timing_is_recorded_per_stage() -> None:
     assert snap["processing_ms"]["p50"] >= snap["stages_ms"]["slow"]["p50"] * 0.99
     # 16 frames at 8 kHz is a 2 ms period: a 1 ms stage keeps up.
     assert snap["deadline_misses"] < 20
+
+
+class FlakyStage:
+    """Raises on chosen blocks; records resets."""
+
+    name = "flaky"
+    latency = 0
+
+    def __init__(self, fail_on: set[int]):
+        self._fail_on = fail_on
+        self.resets = 0
+
+    def process(self, block: Block) -> Block:
+        if block.seq in self._fail_on:
+            raise ValueError(f"bad block {block.seq}")
+        return block
+
+    def reset(self) -> None:
+        self.resets += 1
+
+
+def test_skip_policy_drops_the_block_resets_the_stage_and_goes_on() -> None:
+    source, sink, stage = ListSource(50, 16, live=False), ListSink(), FlakyStage({3, 7})
+    pipeline = make(source, [stage], sink, on_stage_error="skip")
+    run_to_end(pipeline)
+    assert pipeline.error is None
+    assert seqs(sink) == [s for s in range(50) if s not in (3, 7)]
+    assert stage.resets == 2
+    assert pipeline.snapshot()["stage_errors"] == {"flaky": 2}
+
+
+def test_stop_policy_is_the_default() -> None:
+    source, sink = ListSource(50, 16, live=False), ListSink()
+    pipeline = make(source, [FlakyStage({3})], sink)
+    run_to_end(pipeline)
+    assert isinstance(pipeline.error, ValueError) and seqs(sink) == [0, 1, 2]
