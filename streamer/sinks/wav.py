@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
 import soundfile as sf
@@ -44,8 +47,14 @@ class WavWriter:
         self._worker.submit(block)
 
     def _write(self, block: Block) -> None:
-        # soundfile wants (frames, channels); the transposed view is copied by soundfile.
-        self._file.write(block.samples.T)
+        try:
+            # soundfile wants (frames, channels); the transposed view is copied by soundfile.
+            self._file.write(block.samples.T)
+        except sf.LibsndfileError as exc:
+            # libsndfile says only "System error."; the file system says what it was.
+            if shutil.disk_usage(self.path.parent).free == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path)) from exc
+            raise OSError(f"{self.path}: write failed ({exc})") from exc
 
     def close(self) -> None:
         try:
