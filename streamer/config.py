@@ -170,6 +170,12 @@ class ZmqSourceConfig(_Model):
     max_message_bytes: int = Field(
         16 << 20, ge=1024, description="Larger messages are refused by the socket itself."
     )
+    curve_server_key: ConfigPath | None = Field(
+        None, description="The publisher's public key file, when it encrypts with CURVE."
+    )
+    curve_secret_key: ConfigPath | None = Field(
+        None, description="This client's secret key file (its public half is on the sender)."
+    )
     local_clock: bool = Field(
         True,
         description="The sender's captured_ns is this host's monotonic clock (a sender on "
@@ -288,6 +294,14 @@ class PublishConfig(_Model):
     allow_insecure: bool = Field(
         False, description="Allow binding to a non-loopback address without encryption."
     )
+    curve_secret_key: ConfigPath | None = Field(
+        None,
+        description="The server's secret key file (`streamer keys`): encrypt with CURVE. "
+        "Needs curve_clients.",
+    )
+    curve_clients: ConfigPath | None = Field(
+        None, description="Folder of the public key files of the subscribers allowed in."
+    )
     audio: bool = Field(True, description="Publish processed audio on audio/STREAM.")
     metrics: bool = Field(True, description="Publish per-block metrics on metrics/STREAM.")
     queue_messages: int = Field(
@@ -301,10 +315,14 @@ class PublishConfig(_Model):
             raise ValueError(
                 f"endpoint {self.endpoint!r} must start with tcp://, ipc:// or inproc://"
             )
-        if not self.allow_insecure and not _is_loopback_endpoint(self.endpoint):
+        if (self.curve_secret_key is None) != (self.curve_clients is None):
+            raise ValueError("CURVE needs both curve_secret_key and curve_clients")
+        secure = self.curve_secret_key is not None
+        if not (secure or self.allow_insecure or _is_loopback_endpoint(self.endpoint)):
             raise ValueError(
-                f"endpoint {self.endpoint!r} is not loopback; binding it unencrypted "
-                "needs allow_insecure = true"
+                f"endpoint {self.endpoint!r} is not loopback; binding it needs CURVE keys "
+                "(curve_secret_key and curve_clients, made by `streamer keys`) or "
+                "allow_insecure = true"
             )
         return self
 

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from streamer import __version__
-from streamer.cli import bench, devices, replay, run, subscribe
+from streamer.cli import bench, devices, keys, replay, run, subscribe
 from streamer.errors import StreamerError
 from streamer.logs import configure_logging
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"streamer {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on failure")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (run, replay, subscribe, bench, devices):
+    for module in (run, replay, subscribe, bench, devices, keys):
         module.add_parser(commands)
     return parser
 

@@ -6,13 +6,15 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
 
 from streamer.config import PublishConfig
-from streamer.errors import WireFormatError
+from streamer.errors import ConfigError, WireFormatError
+from streamer.security import secure_client
 from streamer.wire import Message, decode
 
 DEFAULT_ENDPOINT = PublishConfig().endpoint
@@ -32,6 +34,8 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--timeout", type=float, help="exit with status 1 after this many seconds without a message"
     )
+    parser.add_argument("--server-key", type=Path, help="the publisher's public key file (CURVE)")
+    parser.add_argument("--client-key", type=Path, help="this subscriber's secret key file (CURVE)")
     parser.set_defaults(handler=handle)
 
 
@@ -56,6 +60,11 @@ def handle(args: argparse.Namespace) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, 256 << 20)
     sock.setsockopt_string(zmq.SUBSCRIBE, args.topic)
+    if (args.server_key is None) != (args.client_key is None):
+        sock.close()
+        raise ConfigError("--server-key and --client-key go together")
+    if args.server_key is not None:
+        secure_client(sock, args.server_key, args.client_key, key="subscribe")
     sock.connect(args.endpoint)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)

@@ -11,6 +11,7 @@ from streamer.block import Block
 from streamer.config import PublishConfig
 from streamer.errors import ConfigError
 from streamer.metrics import BlockTiming, StreamMetrics
+from streamer.security import secure_server
 from streamer.sinks.base import SinkWorker
 from streamer.wire import encode, topic_for
 
@@ -55,10 +56,21 @@ class Publisher:
         self._socket: zmq.Socket[Any] = self._ctx.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 500)
         self._socket.setsockopt(zmq.SNDHWM, cfg.sndhwm)
+        self._auth = None
+        if cfg.curve_secret_key is not None and cfg.curve_clients is not None:
+            try:
+                self._auth = secure_server(
+                    self._socket, cfg.curve_secret_key, cfg.curve_clients, key="publish"
+                )
+            except ConfigError:
+                self._socket.close(linger=0)
+                raise
         try:
             self._socket.bind(cfg.endpoint)
         except zmq.ZMQError as exc:
             self._socket.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
             raise ConfigError(
                 f"cannot bind {cfg.endpoint}: {exc.strerror}", key="publish.endpoint"
             ) from exc
@@ -79,6 +91,8 @@ class Publisher:
             self._worker.close()
         finally:
             self._socket.close()
+            if self._auth is not None:
+                self._auth.stop()
 
     def _send(self, item: _BlockItem | _StatusItem) -> None:
         if isinstance(item, dict):

@@ -23,6 +23,7 @@ import zmq
 from streamer.block import Block, StreamLayout
 from streamer.config import ZmqSourceConfig
 from streamer.errors import ConfigError, WireFormatError
+from streamer.security import secure_client
 from streamer.wire import decode
 
 __all__ = ["ZmqSource"]
@@ -63,6 +64,13 @@ class ZmqSource:
         self._socket.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
         if cfg.socket == "sub":
             self._socket.setsockopt_string(zmq.SUBSCRIBE, cfg.topic)
+        if cfg.curve_server_key is not None or cfg.curve_secret_key is not None:
+            if cfg.curve_server_key is None or cfg.curve_secret_key is None:
+                self._socket.close()
+                raise ConfigError(
+                    "CURVE needs both curve_server_key and curve_secret_key", key="source"
+                )
+            secure_client(self._socket, cfg.curve_server_key, cfg.curve_secret_key, key="source")
         try:
             if cfg.bind:
                 self._socket.bind(cfg.endpoint)
