@@ -186,3 +186,63 @@ def test_a_killed_subscriber_does_not_disturb_the_daemon(cli_env: dict[str, str]
     assert status[-1]["blocks"] > status[-6]["blocks"]
     seq = [m.header["seq"] for m in watcher.of("audio")]
     assert seq == list(range(seq[0], seq[0] + len(seq)))
+
+
+def test_an_unread_log_never_stalls_the_heartbeat(cli_env: dict[str, str]) -> None:
+    """stderr is a pipe nobody reads, filled by a status line every 10 ms: the heartbeat
+    goes on, and the log lines wait in the writer's queue until the pipe is read."""
+    endpoint = free_tcp_endpoint()
+    env = {
+        **cli_env,
+        "STREAMER__PUBLISH__ENDPOINT": endpoint,
+        "STREAMER__PIPELINE__STATUS_INTERVAL_S": "0.01",
+        "STREAMER__PIPELINE__HEARTBEAT_S": "0.1",
+    }
+    watcher = Collector(endpoint)
+    daemon = subprocess.Popen([*STREAMER, "run"], env=env, stderr=subprocess.PIPE)
+    try:
+        watcher.wait_for("heartbeats", lambda: len(watcher.of("status")) > 0)
+        time.sleep(3)  # the pipe (64 KiB) fills within a second at this rate
+        n = len(watcher.of("status"))
+        watcher.wait_for("heartbeats with a full pipe", lambda: len(watcher.of("status")) > n + 10)
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=20)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        watcher.close()
+    assert daemon.returncode == 0
+    lines = err.decode().splitlines()
+    assert sum('"status":' in line for line in lines) > 200  # ~4 s of lines, none lost
+    assert "dropped blocks: 0" in lines[-1]
+
+
+def test_log_records_beyond_the_queue_are_counted() -> None:
+    """The writer is stuck; the queue's capacity is exceeded: the excess is dropped and the
+    count written once the writer can write again."""
+    import io
+    import logging
+    import threading
+
+    from streamer.logs import NonBlockingHandler
+
+    gate = threading.Event()
+
+    class Stuck(logging.StreamHandler):  # type: ignore[type-arg]
+        def emit(self, record: logging.LogRecord) -> None:
+            gate.wait()
+            super().emit(record)
+
+    out = io.StringIO()
+    handler = NonBlockingHandler(Stuck(out), capacity=5)
+    logger = logging.getLogger("streamer.test.nonblocking")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    start = time.monotonic()
+    for i in range(50):
+        logger.warning("line %d", i)
+    assert time.monotonic() - start < 0.5  # never waited for the writer
+    assert handler.dropped >= 40
+    gate.set()
+    handler.flush_and_stop()
+    assert f"{handler.dropped} log records dropped" in out.getvalue()
