@@ -67,7 +67,7 @@ class Pipeline:
         self.error: BaseException | None = None
         self.done = threading.Event()
         self._stop = threading.Event()
-        self._failed = threading.Event()
+        self._draining_ended = threading.Event()  # the processing thread takes no more items
         self._queue: queue.Queue[Block | object] = queue.Queue(maxsize=cfg.pipeline.queue_blocks)
         self._stage_ns = [0] * len(stages)
         self._stage_names = tuple(stage.name for stage in stages)
@@ -138,7 +138,6 @@ class Pipeline:
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
-        self._failed.set()
         self._stop.set()
 
     def _capture_loop(self) -> None:
@@ -168,8 +167,8 @@ class Pipeline:
                 self._queue.put_nowait(block)
 
     def _put_waiting(self, item: Block | object) -> bool:
-        """Queue losslessly; False when the processing side failed and will not drain."""
-        while not self._failed.is_set():
+        """Queue losslessly; False when the processing thread has stopped taking items."""
+        while not self._draining_ended.is_set():
             try:
                 self._queue.put(item, timeout=0.2)
                 return True
@@ -188,6 +187,7 @@ class Pipeline:
         except BaseException as exc:
             self._fail(exc)
         finally:
+            self._draining_ended.set()
             for sink in self.sinks:
                 try:
                     sink.close()

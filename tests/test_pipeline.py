@@ -209,3 +209,48 @@ def test_stop_policy_is_the_default() -> None:
     pipeline = make(source, [FlakyStage({3})], sink)
     run_to_end(pipeline)
     assert isinstance(pipeline.error, ValueError) and seqs(sink) == [0, 1, 2]
+
+
+class RaisingSource(ListSource):
+    """Yields a few blocks, then fails as a broken reader would."""
+
+    def blocks(self, block_size: int, stop: threading.Event) -> Iterator[Block]:
+        for i, block in enumerate(super().blocks(block_size, stop)):
+            if i == 5:
+                raise OSError(5, "Input/output error")
+            yield block
+
+
+def test_a_failing_source_stops_the_stream_and_finalises_the_sinks() -> None:
+    source, sink = RaisingSource(50, 16, live=False), ListSink()
+    pipeline = make(source, [], sink)
+    run_to_end(pipeline)
+    assert isinstance(pipeline.error, OSError)
+    assert seqs(sink) == [0, 1, 2, 3, 4] and sink.closed and source.closed
+
+
+def test_empty_and_short_blocks_through_the_fir_equal_lfilter() -> None:
+    import scipy.signal
+
+    from streamer.config import FirConfig
+    from streamer.stages.fir import FirStage
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(3000).astype(np.float32)
+    sizes = [0, 1, 0, 7, 256, 0, 1000, 3, 1733]  # what a flaky source might hand over
+    assert sum(sizes) == x.size
+
+    class Irregular(ListSource):
+        def blocks(self, block_size: int, stop: threading.Event) -> Iterator[Block]:
+            t0 = 0
+            for seq, n in enumerate(sizes):
+                yield Block(x[None, t0 : t0 + n].copy(), "t", seq, t0, LAYOUT.rate, 0)
+                t0 += n
+
+    stage = FirStage(FirConfig(design="lowpass", cutoff_hz=1000.0, numtaps=63), LAYOUT)
+    sink = ListSink()
+    pipeline = make(Irregular(0, 0, live=False), [stage], sink)  # type: ignore[list-item]
+    run_to_end(pipeline)
+    y = np.concatenate([b.samples[0] for b in sink.blocks])
+    want = scipy.signal.lfilter(stage.taps[0], 1.0, x.astype(np.float64))
+    assert np.max(np.abs(y - want)) <= 1e-5 * np.max(np.abs(want))

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from streamer.block import Block, StreamLayout
 from streamer.config import ZmqSourceConfig
@@ -87,6 +88,8 @@ class ZmqSource:
         self.sender_gaps = 0
         self.sender_lost_blocks = 0
         self.sender_restarts = 0
+        self.disconnects = 0
+        self._monitor: zmq.Socket[bytes] = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._last_sender_seq: int | None = None
 
     def _refuse(self, reason: str, detail: str) -> None:
@@ -129,8 +132,14 @@ class ZmqSource:
         seq = next_t0 = 0
         offset: int | None = None  # our t0 = the sender's t0 + offset
         last_sender_t0 = -1
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         while not stop.is_set():
-            if not self._socket.poll(_POLL_MS):
+            ready = dict(poller.poll(_POLL_MS))
+            if self._monitor in ready:
+                self._on_disconnect()
+            if self._socket not in ready:
                 continue
             accepted = self._check(self._socket.recv_multipart())
             if accepted is None:
@@ -157,6 +166,16 @@ class ZmqSource:
             seq += 1
             next_t0 = t0 + samples.shape[1]
 
+    def _on_disconnect(self) -> None:
+        """The link dropped: libzmq cuts a peer that sent more than the size limit and does
+        not reconnect by itself. A connecting socket connects again; a bound one waits."""
+        recv_monitor_message(self._monitor)
+        self.disconnects += 1
+        log.warning("zmq source: %s dropped the link; reconnecting", self._cfg.endpoint)
+        if not self._cfg.bind:
+            self._socket.disconnect(self._cfg.endpoint)
+            self._socket.connect(self._cfg.endpoint)
+
     def health(self) -> dict[str, Any]:
         return {
             "state": "receiving" if self.received else "waiting",
@@ -165,7 +184,10 @@ class ZmqSource:
             "sender_gaps": self.sender_gaps,
             "sender_lost_blocks": self.sender_lost_blocks,
             "sender_restarts": self.sender_restarts,
+            "disconnects": self.disconnects,
         }
 
     def close(self) -> None:
+        self._socket.disable_monitor()
+        self._monitor.close()
         self._socket.close()

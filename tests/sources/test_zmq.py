@@ -155,3 +155,19 @@ def test_pull_socket_binds_and_receives() -> None:
 def test_an_endpoint_that_cannot_be_bound_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"source\.endpoint: cannot bind tcp://8\.8\.8\.8"):
         ZmqSource(ZmqSourceConfig(endpoint="tcp://8.8.8.8:1", bind=True), "in")
+
+
+def test_an_oversized_message_is_refused_by_the_socket_and_the_source_goes_on() -> None:
+    feed = Feed(max_message_bytes=4096)
+    try:
+        feed.wait_joined()
+        feed.send(0, 0, np.zeros((1, 10_000), np.float32))  # 40 kB: over the limit
+        deadline = time.monotonic() + 10
+        while not feed.blocks:  # the SUB reconnects after libzmq drops the oversized peer
+            assert time.monotonic() < deadline, "the source did not recover"
+            feed.send(1, 10_000, np.ones((1, 8), np.float32))
+            time.sleep(0.05)
+        assert all(b.frames == 8 for b in feed.blocks)
+        assert feed.source.health()["disconnects"] >= 1
+    finally:
+        feed.close()
