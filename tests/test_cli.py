@@ -404,3 +404,25 @@ def test_prometheus_endpoint_serves_the_pipeline_metrics(
     assert values['streamer_algorithmic_latency_seconds{stream="main"}'] == pytest.approx(
         511 / 48000
     )
+
+
+def test_replay_of_sensor_data_takes_its_rate_on_the_command_line(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    data = np.random.default_rng(2).standard_normal((5000, 3)).astype(np.float32)
+    np.save(tmp_path / "accel.npy", data)
+    out = tmp_path / "out.wav"
+    missing = run_cli(["replay", str(tmp_path / "accel.npy")], cli_env)
+    assert missing.returncode == 2 and "source.rate: is required for .npy" in missing.stderr
+    cfg = tmp_path / "hp.toml"
+    cfg.write_text(
+        '[[stages]]\nkind = "fir"\ndesign = "highpass"\ncutoff_hz = 20.0\nnumtaps = 301\n'
+    )
+    proc = run_cli(
+        ["replay", str(tmp_path / "accel.npy"), "--rate", "10000", "--config", str(cfg),
+         "--output", str(out)],
+        cli_env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    y, rate = sf.read(out, always_2d=True)
+    assert rate == 10000 and y.shape == data.shape

@@ -28,6 +28,7 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument("--block", type=_positive_int, help="frames per block")
     parser.add_argument("--realtime", action="store_true", help="pace blocks at real time")
+    parser.add_argument("--rate", type=_positive_int, help="sample rate of a .npy/.csv input, Hz")
     parser.set_defaults(handler=handle)
 
 
@@ -44,7 +45,11 @@ def _positive_int(text: str) -> int:
 def handle(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     # A file source in the config keeps its settings (a rate for .npy/.csv); any other is replaced.
-    source = {"kind": "file", "path": args.input.absolute(), "realtime": args.realtime}
+    source: dict[str, Any] = {
+        "kind": "file", "path": args.input.absolute(), "realtime": args.realtime
+    }  # fmt: skip
+    if args.rate is not None:
+        source["rate"] = args.rate
     keep_source = isinstance(cfg.source, FileSourceConfig)
     updates: dict[str, Any] = {"source": source} if keep_source else {}
     if args.block is not None:
