@@ -195,7 +195,7 @@ FirDesign = Literal["lowpass", "highpass", "bandpass", "bandstop"]
 
 
 class FirConfig(_Model):
-    """An FIR filter applied by overlap-save; taps from a firwin design or a file."""
+    """An FIR filter, exact at any block size; taps from a firwin design or a file."""
 
     kind: Literal["fir"] = "fir"
     name: str | None = Field(None, description="Label in metrics; defaults to the kind.")
@@ -217,6 +217,32 @@ class FirConfig(_Model):
             "Taps from a file instead of a design: .npy, .txt or .csv (1-D, or one row per "
             "channel), "
             "or an audio file holding an impulse response (one channel per channel)."
+        ),
+    )
+    algorithm: Literal["auto", "overlap-save", "partitioned", "nonuniform"] = Field(
+        "auto",
+        description=(
+            "Convolution algorithm: auto (a cost model picks from numtaps, block size and "
+            "channels), overlap-save (one FFT per block), partitioned (uniform partitions of "
+            "the block size) or nonuniform (partitions growing along the filter). All give the "
+            "same output with no added latency; see docs/fir.md."
+        ),
+    )
+    fft_workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description=(
+            "Threads for scipy.fft; used only for multi-channel transforms large enough "
+            "to gain from them (>= 2**17 values)."
+        ),
+    )
+    precision: Literal["float64", "float32"] = Field(
+        "float64",
+        description=(
+            "Type the FFTs compute in: float64 (exact to float32 rounding whatever the "
+            "signal) or float32 (faster for many channels; error relative to the input "
+            "level, see docs/fir.md)."
         ),
     )
 

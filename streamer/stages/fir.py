@@ -1,4 +1,4 @@
-"""The FIR stage: one linear filter applied to a stream by overlap-save FFT convolution."""
+"""The FIR stage: one linear filter applied to a stream by (partitioned) FFT convolution."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import scipy.fft as sp_fft
 import scipy.signal as sp_signal
 
 from streamer.block import Block, StreamLayout
 from streamer.config import FirConfig
 from streamer.errors import ConfigError, InputFileError
+from streamer.stages.convolution import Algorithm, Plan, fft_size_for, make_convolver
 
 __all__ = ["FirStage", "design_taps", "fft_size_for", "load_taps"]
 
@@ -206,39 +206,6 @@ def _read_audio(path: Path, rate: int | None) -> Taps:
     return np.asarray(data, dtype=np.float64).T
 
 
-def fft_size_for(numtaps: int, block: int) -> int:
-    """The overlap-save FFT length for ``numtaps`` taps and blocks of ``block`` frames.
-
-    Parameters
-    ----------
-    numtaps : int
-        Filter length M, >= 1.
-    block : int
-        Typical block length B of the stream, frames, >= 1.
-
-    Returns
-    -------
-    int
-        The smallest fast real-FFT length N >= B + M - 1, so that one FFT pair
-        yields L = N - M + 1 >= B new output frames.
-    """
-    if numtaps < 1:
-        raise ValueError(f"{numtaps=} must be >= 1")
-    if block < 1:
-        raise ValueError(f"{block=} must be >= 1")
-    # Cost model, as in scipy.signal._signaltools._calc_oa_lens: a chunk of
-    # L = N - M + 1 new frames costs one real FFT pair of length N, so the work
-    # per output frame is C(N) ~ N log2(2N) / (N - M + 1). scipy minimises C over
-    # N alone (N = -K W_{-1}(-1 / (2 e K)) with K = M - 1, several times M). A
-    # stream also has a block size B, and an N with L < B would split every
-    # block, while an N with L >> B makes every short chunk pay for a long FFT.
-    # So we take the smallest fast N with L >= B: one block is one FFT pair.
-    # That is within ~1.3x of scipy's optimum for B >= 2M, but ~M/B times worse
-    # for B << M (6.4x for M = 2049, B = 256); partitioned convolution fixes that.
-    fast: int = sp_fft.next_fast_len(block + numtaps - 1, real=True)
-    return fast
-
-
 def _latency(taps: Taps) -> int:
     """Group delay for linear-phase taps, else the index of the peak |tap|."""
     numtaps: int = taps.shape[1]
@@ -254,25 +221,28 @@ def _latency(taps: Taps) -> int:
 
 
 class FirStage:
-    """An FIR filter applied block by block by overlap-save FFT convolution.
+    """An FIR filter applied block by block by FFT convolution, with no added delay.
 
     Output equals ``scipy.signal.lfilter(taps, 1, x)`` over the whole signal
-    (float64 internally, float32 out), whatever the block sizes: 0 frames,
-    1 frame, or more than the FFT block length ``fft_block``, changing from
-    block to block. Each chunk of n <= ``fft_block`` frames costs one real FFT
-    pair of length ``nfft`` over all channels at once.
+    (float64 internally unless ``precision = "float32"``, float32 out), whatever
+    the block sizes: 0 frames, 1 frame, or more than any FFT length, changing
+    from block to block. The kernel is single-FFT overlap-save, uniformly
+    partitioned or non-uniformly partitioned overlap-save
+    (`streamer.stages.convolution`), chosen by a cost model from the filter
+    length, ``block_hint`` and the channel count, or forced by ``cfg.algorithm``.
 
     Parameters
     ----------
     cfg : FirConfig
-        The filter: a firwin design or a taps file.
+        The filter (a firwin design or a taps file), the algorithm, the compute
+        precision and the scipy.fft worker count.
     layout : StreamLayout
         Channel count and rate (Hz) of the stream; fixed for the stage's life.
     index : int, optional
         Position of the stage in ``stages``, for error key paths. Default 0.
     block_hint : int, optional
-        Typical block length, frames; sets ``nfft`` (see `fft_size_for`).
-        Any block length works. Default 256.
+        Typical block length, frames; sets the FFT sizes (`choose_plan`). Any
+        block length works. Default 256.
 
     Attributes
     ----------
@@ -281,10 +251,15 @@ class FirStage:
     taps : ndarray of float64, shape (1, numtaps) or (channels, numtaps)
         Read-only. One row is shared by all channels; otherwise row c filters
         channel c.
+    plan : Plan
+        The algorithm and sizes in use.
+    algorithm : {"overlap-save", "partitioned", "nonuniform"}
+        ``plan.algorithm``.
     nfft : int
-        FFT length N.
+        The longest FFT length used.
     fft_block : int
-        New frames per FFT pair, L = N - numtaps + 1.
+        New frames per FFT pair of the most frequent transform: the
+        overlap-save L = nfft - numtaps + 1, or the head partition length.
     latency : int
         See the ``Latency:`` line.
 
@@ -296,8 +271,9 @@ class FirStage:
     Latency: (numtaps - 1) // 2 samples for linear-phase taps (symmetric or
     antisymmetric within 1e-9 of the peak |tap|: the group delay, which no
     implementation can remove); otherwise the index of the peak |tap| over all
-    channels (the main arrival of an impulse response). Overlap-save itself
-    adds none: each block's output is ready when the block is.
+    channels (the main arrival of an impulse response). The convolution itself
+    adds none, whatever the algorithm: each block's output is ready when the
+    block is.
 
     Backends: numpy
     """
@@ -316,17 +292,20 @@ class FirStage:
         taps.setflags(write=False)
         self.taps: Taps = taps
         self.numtaps: int = taps.shape[1]
-        self.nfft: int = fft_size_for(self.numtaps, block_hint)
-        self.fft_block: int = self.nfft - self.numtaps + 1
         self.latency: int = _latency(taps)
-        # H is shared read-only: rows broadcast over channels when there is one filter.
-        spectrum = np.asarray(sp_fft.rfft(taps, self.nfft, axis=-1), dtype=np.complex128)
-        spectrum.setflags(write=False)
-        self._spectrum: npt.NDArray[np.complex128] = spectrum
-        # The last numtaps - 1 input samples per channel (zeros at the start).
-        self._history: Taps = np.zeros((layout.channels, self.numtaps - 1))
-        # [history (M - 1) | chunk (n) | zeros], rebuilt for every chunk.
-        self._work: Taps = np.zeros((layout.channels, self.nfft))
+        self._convolver = make_convolver(
+            taps,
+            streams=1,
+            channels=layout.channels,
+            block=block_hint,
+            algorithm=cfg.algorithm,
+            precision=cfg.precision,
+            workers=cfg.fft_workers,
+        )
+        self.plan: Plan = self._convolver.plan
+        self.algorithm: Algorithm = self.plan.algorithm
+        self.nfft: int = self.plan.nfft
+        self.fft_block: int = self.plan.fft_block
 
     def process(self, block: Block) -> Block:
         """Filter one block.
@@ -350,41 +329,20 @@ class FirStage:
         Notes
         -----
         Samples are not checked for NaN or infinity (that policy belongs to the
-        pipeline). A non-finite input sample makes the outputs of every chunk
-        whose window holds it non-finite, and leaves the state once M - 1 later
-        samples have passed.
+        pipeline). A non-finite input sample makes the outputs whose FFT window
+        holds it non-finite (all outputs of its block included), and leaves the
+        state once it has left every window and delay line: after numtaps - 1
+        later samples for overlap-save, after at most numtaps + nfft for the
+        partitioned algorithms (a level of partition Q spans taps up to
+        numtaps + Q - 1 and its windows reach back 2Q frames, 2Q <= nfft).
         """
         self.layout.check(block, f"fir stage {self.name!r}")
         x = block.samples
-        frames = x.shape[1]
         # New on every call, by contract: the result is handed to other threads.
-        out = np.empty((self.layout.channels, frames), dtype=np.float32)
-        m1 = self.numtaps - 1
-        work, history, spectrum = self._work, self._history, self._spectrum
-        for start in range(0, frames, self.fft_block):
-            n = min(self.fft_block, frames - start)
-            # COPY: history into the workspace; it lives apart so the workspace stays scratch.
-            work[:, :m1] = history
-            # COPY: the chunk into the float64 workspace (the cast we compute in).
-            work[:, m1 : m1 + n] = x[:, start : start + n]
-            # The valid outputs never read the tail, but FFT rounding mixes it into
-            # all of them: a stale non-finite sample left there by a longer chunk
-            # would poison every later chunk, so it is cleared each time.
-            work[:, m1 + n :] = 0.0
-            # COPY: overlap for the next chunk, the last M - 1 samples of [history | chunk].
-            history[...] = work[:, n : n + m1]
-            # scipy (<= 1.17) ignores overwrite_x for real transforms (pocketfft
-            # basic.py: "not utilised"), so each call allocates its result; it is
-            # passed because both inputs are scratch, free for a scipy that honours it.
-            spec = sp_fft.rfft(work, axis=-1, overwrite_x=True)
-            np.multiply(spec, spectrum, out=spec)
-            conv = sp_fft.irfft(spec, self.nfft, axis=-1, overwrite_x=True)
-            # Circular convolution equals linear convolution at [M - 1, M - 1 + n):
-            # those outputs only reach back over history and chunk, not the tail.
-            # COPY: the valid part of scipy's result, cast to float32, into the output.
-            out[:, start : start + n] = conv[:, m1 : m1 + n]
+        out = np.empty(x.shape, dtype=np.float32)
+        self._convolver.process(x[np.newaxis], out[np.newaxis])
         return block.with_samples(out)
 
     def reset(self) -> None:
         """Forget the input history, as if just built."""
-        self._history.fill(0.0)
+        self._convolver.reset()

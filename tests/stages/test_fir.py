@@ -1,7 +1,10 @@
-"""The overlap-save FIR stage against lfilter, oaconvolve and np.convolve, on any block split."""
+"""The FIR stage and its kernels against lfilter, oaconvolve and np.convolve, on any block split."""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +16,19 @@ import scipy.signal as sp_signal
 import soundfile as sf
 
 from streamer.block import Block, StreamLayout
-from streamer.config import FirConfig, FirDesign, parse_config
+from streamer.config import FirConfig, FirDesign, load_config, parse_config
 from streamer.errors import BlockLayoutError, ConfigError, InputFileError
+from streamer.stages import convolution
+from streamer.stages.convolution import (
+    Algorithm,
+    Level,
+    OverlapSaveConvolver,
+    PartitionedConvolver,
+    Plan,
+    choose_plan,
+    make_convolver,
+    partition_size,
+)
 from streamer.stages.fir import FirStage, design_taps, fft_size_for, load_taps
 
 from ..helpers.signals import feed, noise, random_splits, tones
@@ -478,3 +492,366 @@ def test_nan_block_leaves_state_after_numtaps() -> None:
     recovered = 250 + 30  # numtaps - 1 samples after the NaNs: a block starts there
     assert np.isnan(y[:, 200:250]).all()
     np.testing.assert_allclose(y[:, recovered:], clean[:, recovered:], rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------- algorithms
+
+ALGORITHMS: list[Algorithm] = ["overlap-save", "partitioned", "nonuniform"]
+TAP_LAYOUTS = [(1, 1), (3, 1), (2, 2)]  # (channels, filter rows): mono, shared, per-channel
+
+
+def random_taps(rows: int, numtaps: int, rng: np.random.Generator) -> F64:
+    """Random taps with a decaying envelope, like a measured impulse response."""
+    decay = np.exp(-np.arange(numtaps) / max(numtaps / 3, 1.0))
+    return rng.standard_normal((rows, numtaps)) * decay
+
+
+def forced(
+    tmp_path: Path, taps: F64, channels: int, algorithm: Algorithm, block_hint: int, **cfg: Any
+) -> FirStage:
+    path = tmp_path / "taps.npy"
+    np.save(path, taps)
+    return FirStage(
+        FirConfig(taps_file=path, algorithm=algorithm, **cfg),
+        StreamLayout(channels, RATE),
+        block_hint=block_hint,
+    )
+
+
+@pytest.mark.parametrize(("channels", "rows"), TAP_LAYOUTS, ids=["mono", "shared", "per-channel"])
+@pytest.mark.parametrize("numtaps", [1, 2, 31, 257, 4096])
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_matches_lfilter(
+    tmp_path: Path, algorithm: Algorithm, numtaps: int, channels: int, rows: int
+) -> None:
+    rng = np.random.default_rng([numtaps, channels, rows, ALGORITHMS.index(algorithm)])
+    taps = random_taps(rows, numtaps, rng)
+    # Block hints that are and are not powers of two; none too small for a long filter
+    # (overlap-save with 1-frame chunks of a 4096-tap filter is correct but slow).
+    hints = [1, 3, 16, 100] if numtaps <= 257 else [16, 100, 256]
+    block_hint = int(rng.choice(hints))
+    stage = forced(tmp_path, taps, channels, algorithm, block_hint)
+    assert stage.algorithm == algorithm
+    frames = 2 * numtaps + int(rng.integers(500, 3_000))
+    x = noise(channels, frames, seed=numtaps)
+    # Blocks of 0 and 1 frames, not multiples of the partition, longer than any FFT.
+    y = feed(stage, x, random_splits(frames, rng, stage.nfft + 37), RATE)
+    assert_close_to_peak(y, lfilter_ref(taps, x), 1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_matches_lfilter_long_filter(tmp_path: Path, algorithm: Algorithm) -> None:
+    rng = np.random.default_rng(20_000)
+    taps = random_taps(2, 20_000, rng)
+    stage = forced(tmp_path, taps, 2, algorithm, 64)
+    assert stage.algorithm == algorithm
+    x = signal(2, 50_000, seed=4)
+    y = feed(stage, x, random_splits(x.shape[1], rng, 3_000), RATE)
+    assert_close_to_peak(y, lfilter_ref(taps, x), 1e-5)
+
+
+def nonuniform_plan(sizes_counts: list[tuple[int, int]]) -> Plan:
+    """A plan with these (size, count) levels, each starting where the previous ends."""
+    levels, covered = [], 0
+    for size, count in sizes_counts:
+        levels.append(Level(size, count, covered))
+        covered += size * count
+    nfft = 2 * max(size for size, _ in sizes_counts)
+    return Plan("nonuniform", nfft, sizes_counts[0][0], tuple(levels), 0.0)
+
+
+@pytest.mark.parametrize(
+    "levels",
+    [
+        [(16, 4), (64, 3), (256, 3), (1_024, 3), (4_096, 4)],  # ratio 4, four tail levels
+        [(32, 2), (64, 1), (128, 7), (1_024, 15)],  # ratios 2, 2, 8
+        [(100, 8), (800, 7), (6_400, 3)],  # a partition that is not a power of two
+    ],
+    ids=str,
+)
+def test_nonuniform_levels_match_lfilter(levels: list[tuple[int, int]]) -> None:
+    """Many levels, blocks that straddle every boundary, per-channel taps."""
+    rng = np.random.default_rng(len(levels))
+    plan = nonuniform_plan(levels)
+    numtaps = sum(size * count for size, count in levels) - int(rng.integers(0, levels[-1][0]))
+    taps = random_taps(2, numtaps, rng)
+    conv = PartitionedConvolver(taps, plan, 1, 2)
+    x = noise(2, numtaps + 9_000, seed=len(levels))
+    y = np.empty_like(x)
+    start = 0
+    for n in random_splits(x.shape[1], rng, 2 * levels[0][0] + 3):
+        conv.process(x[np.newaxis, :, start : start + n], y[np.newaxis, :, start : start + n])
+        start += n
+    assert_close_to_peak(y, lfilter_ref(taps, x), 1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_float32_precision_within_tolerance(tmp_path: Path, algorithm: Algorithm) -> None:
+    rng = np.random.default_rng(32)
+    taps = random_taps(2, 3_000, rng)
+    stage = forced(tmp_path, taps, 2, algorithm, 64, precision="float32")
+    x = signal(2, 9_000, seed=32)
+    y = feed(stage, x, random_splits(x.shape[1], rng, stage.nfft + 5), RATE)
+    assert_close_to_peak(y, lfilter_ref(taps, x), 1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_fft_workers_give_the_same_output(tmp_path: Path, algorithm: Algorithm) -> None:
+    # 8 channels x 2 x 8192 frames: large enough that scipy.fft gets the workers.
+    rng = np.random.default_rng(8)
+    taps = random_taps(1, 9_000, rng)
+    x = noise(8, 20_000, seed=8)
+    sizes = random_splits(x.shape[1], rng, 9_000)
+    one = feed(forced(tmp_path, taps, 8, algorithm, 8192), x, sizes, RATE)
+    two = feed(forced(tmp_path, taps, 8, algorithm, 8192, fft_workers=2), x, sizes, RATE)
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-6 * float(np.max(np.abs(one))))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_reset_and_empty_block(tmp_path: Path, algorithm: Algorithm) -> None:
+    rng = np.random.default_rng(3)
+    taps = random_taps(2, 700, rng)
+    x = noise(2, 2_000, seed=3)
+    fresh = feed(forced(tmp_path, taps, 2, algorithm, 64), x, [2_000], RATE)
+
+    used = forced(tmp_path, taps, 2, algorithm, 64)
+    feed(used, noise(2, 1_234, seed=4), [1_000, 234], RATE)
+    used.reset()
+    empty = Block(np.zeros((2, 0), np.float32), "s", seq=0, t0=0, rate=RATE, captured_ns=0)
+    out = used.process(empty)
+    assert out.samples.shape == (2, 0) and out.samples.dtype == np.float32
+    # An empty block between partial partitions leaves the state as it was.
+    a = feed(used, x[:, :37], [37], RATE)
+    assert used.process(empty).samples.shape == (2, 0)
+    b = feed(used, x[:, 37:], [1_963], RATE)
+    np.testing.assert_array_equal(np.hstack([a, b]), fresh)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_nan_leaves_the_state(tmp_path: Path, algorithm: Algorithm) -> None:
+    rng = np.random.default_rng(6)
+    taps = random_taps(1, 300, rng)
+    x = noise(1, 6_000, seed=6)
+    poisoned = x.copy()
+    poisoned[:, 1_000:1_010] = np.nan
+    sizes = random_splits(x.shape[1], rng, 300)
+    stage = forced(tmp_path, taps, 1, algorithm, 32)
+    y = feed(stage, poisoned, sizes, RATE)
+    clean = lfilter_ref(taps, np.nan_to_num(poisoned))
+    assert np.isnan(y[:, 1_000:1_010]).all()
+    # Exact up to the block holding the first NaN (its FFTs mix it into all its outputs)
+    # and again once the NaNs have left every window and delay line.
+    ends = np.cumsum(sizes)
+    before = int(ends[ends <= 1_000].max(initial=0))
+    assert_close_to_peak(y[:, :before], clean[:, :before], 1e-5)
+    recovered = 1_010 + stage.numtaps + stage.nfft
+    assert_close_to_peak(y[:, recovered:], clean[:, recovered:], 1e-5)
+
+
+# ---------------------------------------------------------- batch and kernels
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("rows", [1, 2], ids=["shared", "per-channel"])
+def test_batch_equals_loop(algorithm: Algorithm, rows: int) -> None:
+    rng = np.random.default_rng([7, rows])
+    taps = random_taps(rows, 1_500, rng)
+    streams, channels, frames = 3, 2, 5_000
+    x = rng.standard_normal((streams, channels, frames)).astype(np.float32)
+    batch = make_convolver(taps, streams=streams, channels=channels, block=128, algorithm=algorithm)
+    loop = [
+        make_convolver(taps, channels=channels, block=128, algorithm=algorithm)
+        for _ in range(streams)
+    ]
+    y_batch = np.empty_like(x)
+    y_loop = np.empty_like(x)
+    start = 0
+    for n in random_splits(frames, rng, 700):
+        batch.process(x[..., start : start + n], y_batch[..., start : start + n])
+        for s, conv in enumerate(loop):
+            conv.process(
+                x[s : s + 1, :, start : start + n], y_loop[s : s + 1, :, start : start + n]
+            )
+        start += n
+    np.testing.assert_allclose(y_batch, y_loop, rtol=0, atol=1e-6 * float(np.max(np.abs(y_loop))))
+    for s in range(streams):
+        assert_close_to_peak(y_batch[s], lfilter_ref(taps, x[s]), 1e-5)
+
+
+def test_make_convolver_example() -> None:
+    conv = make_convolver(np.ones(3) / 3, streams=2, channels=1, block=4)
+    x = np.ones((2, 1, 4), np.float32)
+    y = np.empty_like(x)
+    conv.process(x, y)
+    np.testing.assert_allclose(y[:, 0], [[1 / 3, 2 / 3, 1, 1]] * 2, rtol=1e-6)
+
+
+def test_kernels_refuse_bad_taps_and_plans() -> None:
+    with pytest.raises(ValueError, match=r"taps must have shape \(1, M\) or \(2, M\)"):
+        make_convolver(np.ones((3, 4)), channels=2)
+    plan = choose_plan(100, 16, algorithm="nonuniform")
+    with pytest.raises(ValueError, match=r"plan is 'nonuniform', not 'overlap-save'"):
+        OverlapSaveConvolver(np.ones((1, 100)), plan, 1, 1)
+    with pytest.raises(ValueError, match=r"levels cover .* taps, the filter has 5000"):
+        PartitionedConvolver(np.ones((1, 5_000)), plan, 1, 1)
+    with pytest.raises(ValueError, match=r"unknown precision='float16'"):
+        make_convolver(np.ones(4), precision="float16")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"rows=0 must be >= 1"):
+        choose_plan(4, 4, rows=0)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "numtaps"), [("overlap-save", 31), ("partitioned", 200), ("partitioned", 1_000)]
+)
+def test_hot_path_allocates_only_the_output(algorithm: Algorithm, numtaps: int) -> None:
+    """With numpy.fft out= for small transforms, a block allocates its output and views only.
+
+    Mono, where every ufunc runs unbuffered; with several channels numpy's iterator may
+    add short-lived buffers of its own for strided or broadcast operands (docs/fir.md).
+    """
+    if not convolution._NUMPY_HAS_OUT:
+        pytest.skip("numpy < 2.0 has no out= in numpy.fft")
+    stage = FirStage(
+        FirConfig(design="lowpass", cutoff_hz=3_000.0, numtaps=numtaps, algorithm=algorithm),
+        StreamLayout(1, RATE),
+        block_hint=256,
+    )
+    assert stage.algorithm == algorithm and stage.nfft <= convolution._NUMPY_FFT_MAX
+    rng = np.random.default_rng(9)
+    blocks = [
+        Block(rng.standard_normal((1, 256)).astype(np.float32), "s", k, 256 * k, RATE, 0)
+        for k in range(30)
+    ]
+    for b in blocks[:10]:  # warm up: numpy's FFT plan cache
+        stage.process(b)
+    tracemalloc.start()
+    try:
+        for b in blocks[10:]:
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            out = stage.process(b)
+            peak = tracemalloc.get_traced_memory()[1] - before
+            # The 1 KiB output, the new Block and ~2 KiB of array views; one spectrum
+            # and one transform result allocated per block would add 8 KiB.
+            assert peak < out.samples.nbytes + 4 * 1_024, peak
+            del out
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("path", ["gufunc", "numpy.fft", "scipy.fft"])
+def test_fft_paths_agree(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """numpy's private gufuncs, the public numpy.fft and scipy.fft give the same output."""
+    if path != "gufunc":
+        monkeypatch.setattr(convolution, "_GUFUNCS", None)
+    if path == "scipy.fft":
+        monkeypatch.setattr(convolution, "_NUMPY_HAS_OUT", False)
+    rng = np.random.default_rng(10)
+    taps = random_taps(2, 1_000, rng)
+    x = rng.standard_normal((1, 2, 4_000)).astype(np.float32)
+    for algorithm in ALGORITHMS:
+        conv = make_convolver(taps, block=100, algorithm=algorithm)
+        y = np.empty_like(x)
+        start = 0
+        for n in random_splits(x.shape[-1], rng, 300):
+            conv.process(x[..., start : start + n], y[..., start : start + n])
+            start += n
+        assert_close_to_peak(y[0], lfilter_ref(taps, x[0]), 1e-5)
+
+
+# ---------------------------------------------------------------- cost model
+
+
+@pytest.mark.parametrize(
+    ("numtaps", "block", "channels", "algorithm"),
+    [
+        (65_536, 64, 1, "nonuniform"),
+        (65_536, 256, 1, "nonuniform"),
+        (65_536, 256, 8, "nonuniform"),
+        (262_144, 1_024, 1, "nonuniform"),
+        (31, 4_096, 1, "overlap-save"),
+        (31, 64, 1, "overlap-save"),
+        (255, 1_024, 2, "overlap-save"),
+        (1_024, 256, 1, "partitioned"),
+    ],
+)
+def test_cost_model_decisions(numtaps: int, block: int, channels: int, algorithm: str) -> None:
+    plan = choose_plan(numtaps, block, channels)
+    assert plan.algorithm == algorithm, plan
+    stage = fir(channels, design="lowpass", cutoff_hz=1_000.0, numtaps=numtaps, block_hint=block)
+    assert (stage.algorithm, stage.nfft, stage.fft_block) == (
+        algorithm,
+        plan.nfft,
+        plan.fft_block,
+    )
+
+
+@pytest.mark.parametrize("numtaps", [1, 100, 4_097, 65_536, 300_000])
+@pytest.mark.parametrize("block", [1, 64, 100, 4_096])
+def test_plans_cover_the_filter(numtaps: int, block: int) -> None:
+    for algorithm in ALGORITHMS:
+        plan = choose_plan(numtaps, block, 1, algorithm)
+        assert plan.algorithm == algorithm
+        if algorithm == "overlap-save":
+            assert plan.levels == () and plan.nfft - numtaps + 1 >= block
+            continue
+        head, *rest = plan.levels
+        assert head.offset == 0 and head.size == partition_size(block) >= block
+        covered = head.size * head.count
+        for level in rest:  # each level starts at its own size, where the previous ends
+            assert level.offset == level.size == covered
+            covered += level.size * level.count
+        assert covered >= numtaps
+        assert covered - numtaps < plan.levels[-1].size  # no wholly empty partition
+        assert plan.nfft == 2 * max(level.size for level in plan.levels)
+
+
+@pytest.mark.parametrize(("block", "size"), [(1, 1), (7, 8), (64, 64), (100, 100), (1000, 1000)])
+def test_partition_size(block: int, size: int) -> None:
+    assert partition_size(block) == size
+
+
+# ---------------------------------------------------------------- config fields
+
+
+def test_algorithm_config_fields() -> None:
+    cfg = FirConfig()
+    assert (cfg.algorithm, cfg.fft_workers, cfg.precision) == ("auto", 1, "float64")
+    raw = {"stages": [{"kind": "fir", "algorithm": "nonuniform", "precision": "float32"}]}
+    stage_cfg = parse_config(raw, environ={}).stages[0]
+    assert (stage_cfg.algorithm, stage_cfg.precision) == ("nonuniform", "float32")
+    for bad in ({"algorithm": "fast"}, {"fft_workers": 0}, {"precision": "float16"}):
+        with pytest.raises(ConfigError) as err:
+            parse_config({"stages": [{"kind": "fir", **bad}]}, environ={})
+        assert err.value.key is not None and err.value.key.startswith("stages[0]")
+
+
+def test_bench_tool_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tools/bench_fir.py on a tiny grid: a row per configuration, and the CSV."""
+    path = Path(__file__).resolve().parents[2] / "tools" / "bench_fir.py"
+    spec = importlib.util.spec_from_file_location("bench_fir", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_fir", bench)  # dataclasses look it up
+    spec.loader.exec_module(bench)
+    csv_path = tmp_path / "fir.csv"
+    argv = ["--taps", "31", "--blocks", "64", "100", "--channels", "2", "--repeats", "1"]
+    argv += ["--seconds", "0.05", "--no-gnuradio", "--csv", str(csv_path)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "overlap-save" in out and "GNU Radio: not found" in out
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("taps,block,channels,algorithm")
+
+
+def test_long_fir_example_config() -> None:
+    """config/long-fir.toml loads and builds the plan its comments describe."""
+    path = Path(__file__).resolve().parents[2] / "config" / "long-fir.toml"
+    cfg = load_config(path, environ={})
+    (stage_cfg,) = cfg.stages
+    stage = FirStage(stage_cfg, StreamLayout(1, RATE), block_hint=cfg.pipeline.block)
+    assert stage.algorithm == "nonuniform"
+    assert [level.size for level in stage.plan.levels] == [64, 1_024, 8_192]
+    assert stage.latency == 32_767

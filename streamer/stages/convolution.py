@@ -1,0 +1,923 @@
+"""Streaming FIR convolution kernels: single-FFT overlap-save and (non-)uniformly partitioned."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import scipy.fft as sp_fft
+
+__all__ = [
+    "Algorithm",
+    "Convolver",
+    "Level",
+    "OverlapSaveConvolver",
+    "PartitionedConvolver",
+    "Plan",
+    "Precision",
+    "choose_plan",
+    "fft_size_for",
+    "make_convolver",
+    "partition_size",
+]
+
+Algorithm = Literal["overlap-save", "partitioned", "nonuniform"]
+"""A convolution algorithm; ``"auto"`` in a config means `choose_plan` picks one."""
+Precision = Literal["float64", "float32"]
+"""The float type the FFTs and spectra compute in (input and output stay float32)."""
+
+Taps = npt.NDArray[np.float64]
+Real = npt.NDArray[np.floating[Any]]
+Complex = npt.NDArray[np.complexfloating[Any, Any]]
+RealType = type[np.floating[Any]]
+ComplexType = type[np.complexfloating[Any, Any]]
+
+# Largest partition a non-uniform plan uses (an rfft of 2 x 2**17 frames): beyond it, a
+# longer filter only gets more partitions in its last level. This bounds the memory of one
+# level (2 * 2**17 frames of input history per row) and the work of one boundary.
+_MAX_PARTITION = 1 << 17
+
+# scipy.fft's ``workers`` splits a batch of 1-D transforms over threads, never one
+# transform. Measured on a 2-core EPYC (scipy 1.17, float64): 8 rows of 32768 frames,
+# rfft 772 -> 480 us with 2 workers; 8 rows of 8192, 175 -> 194 us (slower: the thread
+# start-up costs more than it saves); 2 rows of 32768, no change. So workers are only
+# passed for transforms of at least this many values (rows x length) and >= 2 rows.
+_WORKERS_MIN_VALUES = 1 << 17
+
+
+def fft_size_for(numtaps: int, block: int) -> int:
+    """The single-FFT overlap-save length for ``numtaps`` taps and blocks of ``block`` frames.
+
+    Parameters
+    ----------
+    numtaps : int
+        Filter length M, >= 1.
+    block : int
+        Typical block length B of the stream, frames, >= 1.
+
+    Returns
+    -------
+    int
+        The smallest fast real-FFT length N >= B + M - 1, so that one FFT pair
+        yields L = N - M + 1 >= B new output frames.
+
+    Raises
+    ------
+    ValueError
+        ``numtaps`` or ``block`` below 1.
+    """
+    if numtaps < 1:
+        raise ValueError(f"{numtaps=} must be >= 1")
+    if block < 1:
+        raise ValueError(f"{block=} must be >= 1")
+    # Cost model, as in scipy.signal._signaltools._calc_oa_lens: a chunk of
+    # L = N - M + 1 new frames costs one real FFT pair of length N, so the work
+    # per output frame is C(N) ~ N log2(2N) / (N - M + 1). scipy minimises C over
+    # N alone (N = -K W_{-1}(-1 / (2 e K)) with K = M - 1, several times M). A
+    # stream also has a block size B, and an N with L < B would split every
+    # block, while an N with L >> B makes every short chunk pay for a long FFT.
+    # So we take the smallest fast N with L >= B: one block is one FFT pair.
+    # That is within ~1.3x of scipy's optimum for B >= 2M, but ~M/B times worse
+    # for B << M (6.4x for M = 2049, B = 256): partitioned convolution (below) fixes that.
+    fast: int = sp_fft.next_fast_len(block + numtaps - 1, real=True)
+    return fast
+
+
+def partition_size(block: int) -> int:
+    """The head partition length P for blocks of ``block`` frames.
+
+    Parameters
+    ----------
+    block : int
+        Typical block length B, frames, >= 1.
+
+    Returns
+    -------
+    int
+        The smallest P >= B whose FFT length 2P is fast (5-smooth). Blocks of B
+        frames then fill partitions exactly, one FFT pair each, and the larger
+        partitions P * 2**k of a non-uniform plan stay 5-smooth too.
+
+    Raises
+    ------
+    ValueError
+        ``block`` below 1.
+    """
+    if block < 1:
+        raise ValueError(f"{block=} must be >= 1")
+    n: int = sp_fft.next_fast_len(2 * block, real=True)
+    while n % 2:  # 5-smooth but odd: not twice an integer
+        n = sp_fft.next_fast_len(n + 1, real=True)
+    return n // 2
+
+
+# numpy >= 2.0 transforms into a given array (out=); scipy.fft (<= 1.17) has no out= and
+# ignores overwrite_x for real transforms (pocketfft basic.py: "not utilised"), so every
+# scipy call allocates its result. Measured on the reference machine, us per rfft / irfft
+# of one row, numpy's gufunc (see `_pocketfft_gufuncs`) vs scipy.fft, float64: n = 512:
+# 3.3 / 3.5 vs 5.3 / 6.3; n = 1024: 7.8 / 8.5 vs 11.0 / 7.9; n = 2048: 9.4 / 10.4 vs
+# 10.0 / 11.5; n = 4096: 18.8 / 21.3 vs 17.9 / 22.1; n = 8192: 39.8 / 43.9 vs 36.6 / 39.4.
+# 8 rows alike. float32: the gufunc wins for one row up to n = 1024 (6.2 vs 6.8), scipy
+# for several rows at every size (8 x 1024: 13.8 vs 20.2). Through the public
+# numpy.fft wrapper (~2 us more per call) numpy only wins up to n = 512.
+_NUMPY_HAS_OUT = np.lib.NumpyVersion(np.__version__) >= "2.0.0"
+
+
+def _pocketfft_gufuncs() -> tuple[Any, Any] | None:
+    """numpy's own rfft (even n) and irfft gufuncs, if they behave as numpy.fft calls them.
+
+    ``numpy.fft.rfft(x, out=)`` is a Python wrapper (norm, axis and shape checks) around
+    the gufunc ``numpy.fft._pocketfft_umath.rfft_n_even(x, fct, out=)``; calling it
+    directly saves ~2 us of the ~5.5 us a 512-point transform costs on the reference
+    machine (irfft alike), i.e. ~4 us per block on the head path. It is a private
+    module, so it is checked once here against the public functions, and any
+    difference (or a numpy without it) falls back to ``numpy.fft``.
+    """
+    try:
+        pfu = importlib.import_module("numpy.fft._pocketfft_umath")
+        rfft_even, irfft = pfu.rfft_n_even, pfu.irfft
+        x = np.arange(8.0)[np.newaxis] + 0.5
+        spec = np.empty((1, 5), np.complex128)
+        back = np.empty((1, 8), np.float64)
+        rfft_even(x, 1.0, out=spec)
+        irfft(spec, 1 / 8, out=back)
+        if np.allclose(spec, np.fft.rfft(x)) and np.allclose(back, x):
+            return rfft_even, irfft
+    except (ImportError, AttributeError, TypeError, ValueError):
+        pass
+    return None
+
+
+_GUFUNCS = _pocketfft_gufuncs() if _NUMPY_HAS_OUT else None
+# Longest transform numpy computes (into our arrays); scipy.fft above it.
+_NUMPY_FFT_MAX = 2048 if _GUFUNCS is not None else 512
+
+
+def _numpy_fft_pays(n: int, rows: int, single: bool, workers: int) -> bool:
+    """Whether numpy (out=, no allocation) beats scipy.fft for this transform (see above)."""
+    if not _NUMPY_HAS_OUT or workers > 1:
+        return False
+    if single:
+        return rows == 1 and n <= min(_NUMPY_FFT_MAX, 1024) and _GUFUNCS is not None
+    return n <= _NUMPY_FFT_MAX
+
+
+# ------------------------------------------------------------------ the cost model
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One uniformly partitioned part of a filter: taps [offset, offset + count * size).
+
+    Attributes
+    ----------
+    size : int
+        Partition length P, frames; the level runs one FFT pair of length 2P
+        per P input frames.
+    count : int
+        Number of partitions N; the level's frequency-domain delay line holds N
+        input spectra (N - 1 for the head level, whose first partition is applied
+        to the live, possibly partial, input partition).
+    offset : int
+        Index of the level's first tap: 0 for the head level, else a multiple of
+        ``size`` and >= ``size`` (see `PartitionedConvolver`).
+    """
+
+    size: int
+    count: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How a filter is applied: the algorithm, its FFT sizes and its modelled cost.
+
+    Attributes
+    ----------
+    algorithm : {"overlap-save", "partitioned", "nonuniform"}
+        ``partitioned`` is uniform: one level.
+    nfft : int
+        The longest FFT length used.
+    fft_block : int
+        Frames one FFT pair of the most frequent transform yields: the
+        overlap-save L = N - M + 1, or the head partition P.
+    levels : tuple of Level
+        Empty for overlap-save.
+    cost : float
+        Modelled cost, ns per frame of one stream (all its channels) on the
+        reference machine; only comparisons between plans mean something.
+    """
+
+    algorithm: Algorithm
+    nfft: int
+    fft_block: int
+    levels: tuple[Level, ...]
+    cost: float
+
+
+# Cost constants, ns, measured on the reference machine (2-core AMD EPYC VM, numpy 2.4,
+# scipy 1.17, float64; see docs/fir.md). They only need to be right relative to each
+# other: the model ranks plans, it does not predict absolute times.
+#   An rfft + irfft pair of length n over R rows: a fixed cost per call (1.6 us through
+#   numpy's gufunc, 4 us through scipy.fft) plus 0.7 ns per n log2 n for the first row
+#   and 0.6 of that for each further one (pocketfft vectorises across rows). Measured
+#   pairs: 64 x 1: 3.2 us; 512 x 1: 6.8; 512 x 8: 18.2; 4096 x 1: 38; 4096 x 8: 166;
+#   65536 x 1: 725; 65536 x 8: 3713.
+_FFT_CALL_NUMPY_NS = 1_600.0
+_FFT_CALL_SCIPY_NS = 4_000.0
+_FFT_NS = 0.7
+_FFT_ROW_SHARE = 0.6
+#   A multiply-accumulate over a delay line (multiply into scratch, reduce over the
+#   partitions): ~1.5 us per call, 1.0 ns per complex element for one row (15 x 4097:
+#   62 us) and 1.7 ns with several rows sharing a filter (numpy buffers the broadcast;
+#   8 x 15 x 4097: 964 us, 8 x 15 x 257: 43 us).
+_MAC_CALL_NS = 1_500.0
+_MAC_NS = 1.0
+_MAC_ROWS_NS = 1.7
+#   Everything else that touches each value once (casting copies, complex adds):
+_COPY_NS = 0.4
+#   Python and small numpy calls (slices, fills, bookkeeping) per overlap-save chunk, per
+#   head partition and per level boundary: the kernels' time at M = 31, B = 32 minus
+#   their FFT pair (7.3 us - 3.2 us per block for both overlap-save and one partition).
+_OLS_CHUNK_NS = 3_500.0
+_HEAD_NS = 3_500.0
+_LEVEL_NS = 2_500.0
+
+
+def _fft_pair_ns(n: int, rows: int) -> float:
+    """Modelled time of one rfft + irfft of length ``n`` over ``rows`` rows."""
+    call = _FFT_CALL_NUMPY_NS if _numpy_fft_pays(n, rows, False, 1) else _FFT_CALL_SCIPY_NS
+    rows_factor = 1.0 + _FFT_ROW_SHARE * (rows - 1)
+    return 2.0 * call + _FFT_NS * rows_factor * n * math.log2(max(n, 2))
+
+
+def _mac_ns(count: int, bins: int, rows: int) -> float:
+    """Modelled time of a delay-line MAC over ``count`` partitions of ``bins`` bins."""
+    if count < 1:
+        return 0.0
+    per_element = _MAC_NS if rows == 1 else _MAC_ROWS_NS
+    return _MAC_CALL_NS + per_element * rows * count * bins
+
+
+def _ols_cost(numtaps: int, block: int, rows: int) -> tuple[float, int]:
+    nfft = fft_size_for(numtaps, block)
+    bins = nfft // 2 + 1
+    # Per block of B frames (one chunk, since L >= B): copies of history, block, tail and
+    # overlap (~2 N values), one FFT pair of length N, one complex multiply, the output.
+    per_block = (
+        _OLS_CHUNK_NS
+        + _fft_pair_ns(nfft, rows)
+        + rows * (bins * _MAC_NS + (2 * nfft + block) * _COPY_NS)
+    )
+    return per_block / block, nfft
+
+
+def _head_cost(p0: int, count: int, block: int, rows: int) -> float:
+    """ns per frame of the head level: P0 frames, ``count`` partitions, blocks of B."""
+    bins = p0 + 1
+    # Per head partition: one FFT pair of 2 P0, multiply by H_0 and add the tail sum
+    # (2 passes over the bins), the output and tail-ring passes, and the MAC over the
+    # other count - 1 partitions. A block B < P0 still costs a whole partition's work.
+    per_partition = (
+        _HEAD_NS
+        + _fft_pair_ns(2 * p0, rows)
+        + _mac_ns(count - 1, bins, rows)
+        + rows * (2 * bins + 3 * p0) * _COPY_NS
+    )
+    return per_partition / min(p0, block)
+
+
+def _level_cost(size: int, count: int, rows: int) -> float:
+    """ns per frame of a level k >= 1: one boundary every ``size`` frames."""
+    bins = size + 1
+    per_boundary = (
+        _LEVEL_NS
+        + _fft_pair_ns(2 * size, rows)
+        + _mac_ns(count, bins, rows)
+        + rows * (bins + size) * _COPY_NS
+    )
+    return per_boundary / size
+
+
+@lru_cache(maxsize=4096)
+def _tail_levels(numtaps: int, size: int, rows: int) -> tuple[float, tuple[Level, ...]]:
+    """Cheapest levels covering taps [size, numtaps), the first of partition ``size``.
+
+    Levels k >= 1 start at their own partition size (offset = P_k, see
+    `PartitionedConvolver`), so a level of size P followed by one of size rP holds
+    exactly r - 1 partitions; the last level holds as many as the filter needs.
+    """
+    last = math.ceil((numtaps - size) / size)
+    best: tuple[float, tuple[Level, ...]] = (
+        _level_cost(size, last, rows),
+        (Level(size, last, size),),
+    )
+    ratio = 2
+    while ratio * size < numtaps and ratio * size <= _MAX_PARTITION:
+        rest_cost, rest = _tail_levels(numtaps, ratio * size, rows)
+        cost = _level_cost(size, ratio - 1, rows) + rest_cost
+        if cost < best[0]:
+            best = (cost, (Level(size, ratio - 1, size), *rest))
+        ratio *= 2
+    return best
+
+
+def choose_plan(
+    numtaps: int, block: int, rows: int = 1, algorithm: Algorithm | Literal["auto"] = "auto"
+) -> Plan:
+    """Pick the convolution algorithm and its sizes for a filter and a block size.
+
+    Parameters
+    ----------
+    numtaps : int
+        Filter length M, >= 1.
+    block : int
+        Typical block length B, frames, >= 1.
+    rows : int, optional
+        Rows filtered together (streams x channels). Default 1.
+    algorithm : {"auto", "overlap-save", "partitioned", "nonuniform"}, optional
+        Force an algorithm, or let the cost model choose (default).
+
+    Returns
+    -------
+    Plan
+        The cheapest plan of the requested algorithm(s).
+
+    Raises
+    ------
+    ValueError
+        ``numtaps``, ``block`` or ``rows`` below 1, or an unknown ``algorithm``.
+
+    Notes
+    -----
+    Costs are ns per frame on the reference machine, from the constants above:
+
+    - overlap-save, FFT length N = `fft_size_for` (M, B): per block one FFT pair
+      of length N, i.e. ~ (2 c_call + 2 c_fft N log2 N) / B. Cheapest when M is
+      small against B (few wasted FFT points), and the only algorithm whose FFT
+      size grows with M for every block.
+    - uniformly partitioned, P = `partition_size` (B), N_p = ceil(M / P): per
+      block one FFT pair of length 2P plus a multiply-accumulate over N_p
+      partitions of P + 1 bins, i.e. ~ (2 c_call + 4 c_fft P log2 2P) / P
+      + c_mac N_p. The MAC grows like M / P per frame: good while M is a few P.
+    - non-uniform: a head level of P frames and levels of P * 2**k frames, each
+      its own uniform partitioning (`Level`). A level of size Q and n partitions
+      costs ~ (2 c_call + 4 c_fft Q log2 2Q) / Q + c_mac n per frame, so the
+      large levels cover most taps at a few MACs per frame each. The split is
+      found by dynamic programming over the sizes (`_tail_levels`), the
+      Gardner (1995) / Garcia (2002) idea with this cost function.
+
+    The fixed cost per call of numpy and scipy.fft (1.6 to 4 us per transform
+    on the reference machine) dominates small blocks, so it is in the model.
+    """
+    if numtaps < 1:
+        raise ValueError(f"{numtaps=} must be >= 1")
+    if block < 1:
+        raise ValueError(f"{block=} must be >= 1")
+    if rows < 1:
+        raise ValueError(f"{rows=} must be >= 1")
+    plans: list[Plan] = []
+    if algorithm in ("auto", "overlap-save"):
+        cost, nfft = _ols_cost(numtaps, block, rows)
+        plans.append(Plan("overlap-save", nfft, nfft - numtaps + 1, (), cost))
+    p0 = partition_size(block)
+    if algorithm in ("auto", "partitioned"):
+        count = math.ceil(numtaps / p0)
+        cost = _head_cost(p0, count, block, rows)
+        plans.append(Plan("partitioned", 2 * p0, p0, (Level(p0, count, 0),), cost))
+    if algorithm in ("auto", "nonuniform"):
+        best: Plan | None = None
+        ratio = 2
+        # The head level of P0 is followed by a level of r P0 (offset r P0): r partitions.
+        while ratio * p0 < numtaps and ratio * p0 <= _MAX_PARTITION:
+            rest_cost, rest = _tail_levels(numtaps, ratio * p0, rows)
+            cost = _head_cost(p0, ratio, block, rows) + rest_cost
+            if best is None or cost < best.cost:
+                levels = (Level(p0, ratio, 0), *rest)
+                nfft = 2 * max(level.size for level in levels)
+                best = Plan("nonuniform", nfft, p0, levels, cost)
+            ratio *= 2
+        if best is None:  # M <= 2 P0: nothing to split; one level is the non-uniform plan
+            count = math.ceil(numtaps / p0)
+            cost = _head_cost(p0, count, block, rows)
+            best = Plan("nonuniform", 2 * p0, p0, (Level(p0, count, 0),), cost)
+        plans.append(best)
+    if not plans:
+        raise ValueError(f"unknown {algorithm=}")
+    return min(plans, key=lambda plan: plan.cost)
+
+
+# ------------------------------------------------------------------- the kernels
+
+
+class Convolver(Protocol):
+    """A streaming FIR filter over a batch of streams: the kernels' common interface."""
+
+    plan: Plan
+
+    def process(self, x: Real, out: Real) -> None:
+        """Filter ``x`` (streams, channels, frames) into ``out`` of the same shape."""
+        ...
+
+    def reset(self) -> None:
+        """Forget all input, as if just built."""
+        ...
+
+
+def _dtypes(
+    precision: Precision,
+) -> tuple[RealType, ComplexType]:
+    if precision == "float64":
+        return np.float64, np.complex128
+    if precision == "float32":
+        return np.float32, np.complex64
+    raise ValueError(f"unknown {precision=}")
+
+
+class _Fft:
+    """rfft/irfft of one length over (streams, channels) rows: numpy out= or scipy.fft."""
+
+    def __init__(
+        self,
+        n: int,
+        shape: tuple[int, int],
+        real: RealType,
+        cplx: ComplexType,
+        workers: int,
+    ) -> None:
+        self.n = n
+        rows = shape[0] * shape[1]
+        self.workers = workers if rows >= 2 and rows * n >= _WORKERS_MIN_VALUES else 1
+        numpy = _numpy_fft_pays(n, rows, real is np.float32, self.workers)
+        self._numpy_rfft = numpy
+        self._numpy_irfft = numpy
+        self._gufuncs = _GUFUNCS if n % 2 == 0 else None
+        self._scale = 1.0 / n  # irfft's normalisation, for the gufunc
+        # Results of the numpy path live here until the next call of the same kind.
+        self._spec: Complex = np.zeros((*shape, n // 2 + 1), cplx)
+        self._time: Real = np.zeros((*shape, n), real)
+
+    def rfft(self, x: Real, out: Complex | None = None) -> Complex:
+        """Spectrum of ``x``: in ``out`` if given, else in an array owned until the next call."""
+        if self._numpy_rfft:
+            dest = self._spec if out is None else out
+            if self._gufuncs is not None:
+                spec: Complex = self._gufuncs[0](x, 1.0, out=dest)
+                return spec
+            # numpy's stubs type out= as complex128 only; float32 input takes complex64 too.
+            spec = np.fft.rfft(x, self.n, axis=-1, out=dest)  # type: ignore[arg-type]
+            return spec
+        spec = sp_fft.rfft(x, self.n, axis=-1, workers=self.workers)
+        if out is None:
+            return spec
+        # COPY: scipy.fft cannot transform into the delay line.
+        out[...] = spec
+        return out
+
+    def irfft(self, spec: Complex) -> Real:
+        """Signal of ``spec`` (not modified), owned by the caller until the next call."""
+        if self._numpy_irfft:
+            if self._gufuncs is not None:
+                y: Real = self._gufuncs[1](spec, self._scale, out=self._time)
+                return y
+            y = np.fft.irfft(spec, self.n, axis=-1, out=self._time)  # type: ignore[arg-type]
+            return y
+        y = sp_fft.irfft(spec, self.n, axis=-1, workers=self.workers)
+        return y
+
+
+def _check_taps(taps: Taps, channels: int) -> Taps:
+    taps = np.asarray(taps, dtype=np.float64)
+    if taps.ndim != 2 or taps.shape[1] < 1 or taps.shape[0] not in (1, channels):
+        raise ValueError(
+            f"taps must have shape (1, M) or ({channels}, M) with M >= 1, got {taps.shape}"
+        )
+    return taps
+
+
+class OverlapSaveConvolver:
+    """Single-FFT overlap-save over a batch: one FFT pair of length N per chunk of <= L frames.
+
+    Parameters
+    ----------
+    taps : ndarray of float64, shape (1, M) or (channels, M)
+        One shared filter, or one per channel (broadcast over streams).
+    plan : Plan
+        An ``overlap-save`` plan (`choose_plan`): N = ``plan.nfft``.
+    streams, channels : int
+        Batch shape; inputs are (streams, channels, frames).
+    precision : {"float64", "float32"}, optional
+        What the FFTs compute in. Default float64.
+    workers : int, optional
+        Threads for scipy.fft where they pay. Default 1.
+
+    Notes
+    -----
+    Output frame n is sum_k h[k] x[n - k] over the whole stream (x = 0 before
+    the start), whatever the chunking: each chunk of n <= L frames is
+    transformed as [last M - 1 inputs | chunk | zeros], and the circular
+    convolution equals the linear one at [M - 1, M - 1 + n).
+    """
+
+    def __init__(
+        self,
+        taps: Taps,
+        plan: Plan,
+        streams: int,
+        channels: int,
+        *,
+        precision: Precision = "float64",
+        workers: int = 1,
+    ) -> None:
+        taps = _check_taps(taps, channels)
+        if plan.algorithm != "overlap-save":
+            raise ValueError(f"plan is {plan.algorithm!r}, not 'overlap-save'")
+        real, cplx = _dtypes(precision)
+        self.plan = plan
+        self.numtaps: int = taps.shape[1]
+        self.nfft: int = plan.nfft
+        self.fft_block: int = self.nfft - self.numtaps + 1
+        if self.fft_block < 1:
+            raise ValueError(f"nfft {self.nfft} is shorter than the {self.numtaps} taps")
+        self._fft = _Fft(self.nfft, (streams, channels), real, cplx, workers)
+        # H is shared read-only; rows broadcast over streams (and channels if shared).
+        spectrum = np.asarray(sp_fft.rfft(taps, self.nfft, axis=-1), dtype=cplx)[np.newaxis]
+        spectrum.setflags(write=False)
+        self._spectrum = spectrum
+        # The last M - 1 input samples per row (zeros at the start).
+        self._history: Real = np.zeros((streams, channels, self.numtaps - 1), dtype=real)
+        # [history (M - 1) | chunk (n) | zeros], rebuilt for every chunk.
+        self._work: Real = np.zeros((streams, channels, self.nfft), dtype=real)
+
+    def process(self, x: Real, out: Real) -> None:
+        """Filter ``x`` (streams, channels, frames) into ``out`` (same shape, any float)."""
+        frames = x.shape[-1]
+        m1 = self.numtaps - 1
+        work, history, spectrum, fft = self._work, self._history, self._spectrum, self._fft
+        for start in range(0, frames, self.fft_block):
+            n = min(self.fft_block, frames - start)
+            # COPY: history into the workspace; it lives apart so the workspace stays scratch.
+            work[..., :m1] = history
+            # COPY: the chunk into the workspace, cast to the compute type.
+            work[..., m1 : m1 + n] = x[..., start : start + n]
+            # The valid outputs never read the tail, but FFT rounding mixes it into
+            # all of them: a stale non-finite sample left there by a longer chunk
+            # would poison every later chunk, so it is cleared each time.
+            work[..., m1 + n :] = 0.0
+            # COPY: overlap for the next chunk, the last M - 1 samples of [history | chunk].
+            history[...] = work[..., n : n + m1]
+            spec = fft.rfft(work)
+            np.multiply(spec, spectrum, out=spec)
+            conv = fft.irfft(spec)
+            # COPY: the valid part of the transform's result, cast, into the output.
+            out[..., start : start + n] = conv[..., m1 : m1 + n]
+
+    def reset(self) -> None:
+        """Forget the input history, as if just built."""
+        self._history.fill(0.0)
+
+
+class _TailLevel:
+    """State of one level k >= 1: its delay line, doubled spectra and scratch."""
+
+    def __init__(
+        self,
+        level: Level,
+        taps: Taps,
+        streams: int,
+        channels: int,
+        real: RealType,
+        cplx: ComplexType,
+        workers: int,
+    ) -> None:
+        self.size = level.size
+        self.count = level.count
+        self.fft = _Fft(2 * level.size, (streams, channels), real, cplx, workers)
+        spectra = _partition_spectra(taps, level, cplx)
+        self.spectra = _doubled(spectra)
+        self.fdl: Complex = np.zeros((level.count, streams, channels, level.size + 1), cplx)
+        self.scratch: Complex = np.zeros_like(self.fdl)
+        self.acc: Complex = np.zeros((streams, channels, level.size + 1), cplx)
+        self.slot = 0
+
+
+def _partition_spectra(taps: Taps, level: Level, cplx: ComplexType) -> Complex:
+    """Spectra (count, rows, P + 1) of taps [offset + j P, offset + (j + 1) P), padded to 2P."""
+    size, count, offset = level.size, level.count, level.offset
+    padded = np.zeros((taps.shape[0], count * size))
+    part = taps[:, offset : offset + count * size]
+    padded[:, : part.shape[1]] = part
+    pieces = padded.reshape(taps.shape[0], count, size).transpose(1, 0, 2)
+    return np.asarray(sp_fft.rfft(pieces, 2 * size, axis=-1), dtype=cplx)
+
+
+def _doubled(spectra: Complex) -> Complex:
+    """Partition spectra laid out so a delay-line MAC is one contiguous slice.
+
+    For a ring of N slots whose newest spectrum sits at slot w, slot i holds the
+    input of age (w - i) mod N and must meet H_{(w - i) mod N}. With
+    G[m] = H_{(N - 1 - m) mod N} for m in [0, 2N - 1), the slice
+    G[N - 1 - w : 2N - 1 - w] puts exactly H_{(w - i) mod N} at position i
+    (G[N - 1 - w + i] = H_{(w - i) mod N}), so the delay line is never rotated
+    or copied. Returned with a broadcast axis for streams: (2N - 1, 1, rows, bins).
+    """
+    n = spectra.shape[0]
+    index = (n - 1 - np.arange(2 * n - 1)) % n
+    doubled = np.ascontiguousarray(spectra[index][:, np.newaxis])
+    doubled.setflags(write=False)
+    return doubled
+
+
+def _mac(spectra: Complex, fdl: Complex, scratch: Complex, acc: Complex, slot: int) -> None:
+    """acc = sum_i spectra_window[i] * fdl[i], the delay-line multiply-accumulate."""
+    n = fdl.shape[0]
+    window = spectra[n - 1 - slot : 2 * n - 1 - slot]
+    if n == 1:
+        np.multiply(window[0], fdl[0], out=acc)
+        return
+    # Measured against np.einsum("n...,n...->...") (1.5-2x slower), np.vecdot and
+    # np.matmul over a bins-major delay line (1.2-3x slower) and a per-partition loop
+    # (slower beyond 3 partitions): one multiply into scratch, then one reduction.
+    np.multiply(window, fdl, out=scratch)
+    np.add.reduce(scratch, axis=0, out=acc)  # np.sum's wrapper costs ~1 us more
+
+
+class PartitionedConvolver:
+    """Zero-latency (non-)uniformly partitioned overlap-save over a batch of streams.
+
+    Parameters
+    ----------
+    taps : ndarray of float64, shape (1, M) or (channels, M)
+        One shared filter, or one per channel (broadcast over streams).
+    plan : Plan
+        A ``partitioned`` (one level) or ``nonuniform`` plan from `choose_plan`.
+    streams, channels : int
+        Batch shape; inputs are (streams, channels, frames).
+    precision : {"float64", "float32"}, optional
+        What the FFTs, spectra and delay lines compute in. Default float64.
+    workers : int, optional
+        Threads for scipy.fft where they pay. Default 1.
+
+    Notes
+    -----
+    Output frame n is y[n] = sum_k h[k] x[n - k] over the whole stream, with no
+    delay, for any chunking of the input. Partitions are fixed to absolute
+    stream positions: input partition t of a level of size P is
+    x[tP, (t + 1)P), and its spectrum X_t = rfft(x[(t - 1)P, (t + 1)P)).
+
+    *Why a level of size P only needs inputs it already has.* The taps
+    [o + jP, o + (j + 1)P) of a level (offset o = dP) add to the outputs
+    y[TP + q], q in [0, P), the values sum_m h[o + jP + m] x[TP + q - o - jP - m],
+    which are output P + q of the 2P-point circular convolution of those taps
+    with the segment x[(t - 1)P, (t + 1)P), t = T - d - j (indices P + q - m lie
+    in [1, 2P): no wrap-around). So the output chunk T of the level is the last
+    P samples of irfft(sum_j H_j X_{T-d-j}), which needs inputs up to
+    (T - d + 1)P - 1. With d >= 1 that is at most TP - 1: the chunk can be
+    computed the moment the input reaches TP, before any of its outputs are due.
+
+    *The head level* (offset 0, d = 0) would need the input partition T itself.
+    Its partitions j >= 1 (d >= 1 in effect) are summed into A_T = sum_{j>=1}
+    H_j X_{T-j} at each head boundary. Partition 0 is applied to the live input:
+    when the stream holds r of the P frames of partition T, the segment
+    [x_{T-1} | first r frames of x_T | zeros] is transformed, and the outputs
+    P + q, q < r, of irfft(H_0 X + A_T) are exact, because a causal filter's
+    output q depends on no input after q: the zeros only stand for inputs whose
+    outputs are not emitted yet. When the partition completes, the same
+    transform with all P frames is X_T, pushed into the delay line. A block that
+    fills partitions exactly costs one FFT pair of 2P; a partial one costs the
+    same and is repeated by the next call over the same partition.
+
+    *Levels k >= 1* start at their own size (o_k = P_k, d = 1): the head covers
+    [0, P_1), level k covers [P_k, P_{k+1}) with P_{k+1} / P_k - 1 partitions,
+    the last level the rest. Their output chunks are added into a time-domain
+    ring of max P_k samples per row, which the head reads (and clears) as it
+    emits; each chunk starts at a multiple of its own size, so none wraps.
+    The work of a level of size Q falls on the block that completes each Q
+    frames (no background thread), which is what makes p99 exceed the median.
+
+    The input is kept in a mirrored ring of R = 2 max P_k frames per row, so
+    that every window is one contiguous slice, with no copy. A window of a
+    level of size Q starts at a multiple of Q and spans 2Q frames, so it runs
+    past R only when it starts at R - Q, and then reads R + [0, Q): only the
+    samples at i < max P_k need a second copy at i + R.
+    """
+
+    def __init__(
+        self,
+        taps: Taps,
+        plan: Plan,
+        streams: int,
+        channels: int,
+        *,
+        precision: Precision = "float64",
+        workers: int = 1,
+    ) -> None:
+        taps = _check_taps(taps, channels)
+        if plan.algorithm not in ("partitioned", "nonuniform") or not plan.levels:
+            raise ValueError(f"plan is {plan.algorithm!r}, not a partitioned one")
+        _check_levels(plan.levels, taps.shape[1])
+        real, cplx = _dtypes(precision)
+        self.plan = plan
+        self.numtaps: int = taps.shape[1]
+        head = plan.levels[0]
+        p0 = head.size
+        self._p0 = p0
+        self._head_fft = _Fft(2 * p0, (streams, channels), real, cplx, workers)
+        # The head's working spectrum when X_T itself must stay in the delay line.
+        self._head_spec: Complex = np.zeros((streams, channels, p0 + 1), cplx)
+        head_spectra = _partition_spectra(taps, head, cplx)
+        h0 = np.ascontiguousarray(head_spectra[0][np.newaxis])
+        h0.setflags(write=False)
+        self._h0: Complex = h0
+        # The head's partitions 1..N-1 on a delay line of N - 1 slots (see Notes).
+        self._head_tail: _TailLevel | None = None
+        if head.count > 1:
+            tail = _TailLevel(
+                Level(p0, head.count - 1, p0), taps, streams, channels, real, cplx, workers
+            )
+            self._head_tail = tail
+        self._levels = [
+            _TailLevel(level, taps, streams, channels, real, cplx, workers)
+            for level in plan.levels[1:]
+        ]
+        largest = max(level.size for level in plan.levels)
+        self._ring_len = 2 * largest
+        self._ring: Real = np.zeros((streams, channels, 2 * self._ring_len), real)
+        self._scratch: Real = np.zeros((streams, channels, 2 * p0), real)
+        self._tail_len = max((level.size for level in plan.levels[1:]), default=p0)
+        self._tail: Real = np.zeros((streams, channels, self._tail_len), real)
+        self._pos = 0
+
+    def process(self, x: Real, out: Real) -> None:
+        """Filter ``x`` (streams, channels, frames) into ``out`` (same shape, any float)."""
+        frames = x.shape[-1]
+        p0, ring, ring_len, scratch = self._p0, self._ring, self._ring_len, self._scratch
+        mirror_len = ring_len // 2
+        fft, h0, head_tail = self._head_fft, self._h0, self._head_tail
+        head_spec = self._head_spec
+        has_tail = bool(self._levels)
+        i = 0
+        while i < frames:
+            pos = self._pos
+            r = pos % p0
+            take = min(p0 - r, frames - i)
+            end = r + take
+            w = pos % ring_len
+            seg = x[..., i : i + take]
+            # COPY: the input into the ring, cast to the compute type, and into its
+            # mirror where a window may read it (see Notes). A partition never straddles
+            # the ring's end or the mirror's: both are multiples of P0.
+            ring[..., w : w + take] = seg
+            if w < mirror_len:
+                ring[..., w + ring_len : w + ring_len + take] = seg
+            start = (pos - r - p0) % ring_len  # x_{T-1} starts here
+            if end == p0 and head_tail is not None:
+                # X_T goes straight into the delay line; the product into a work buffer.
+                x_t = fft.rfft(ring[..., start : start + 2 * p0], out=head_tail.fdl[head_tail.slot])
+                spec = np.multiply(x_t, h0, out=head_spec)
+                np.add(spec, head_tail.acc, out=spec)
+            else:
+                if end == p0:
+                    spec = fft.rfft(ring[..., start : start + 2 * p0])
+                else:
+                    # COPY: [x_{T-1} | r frames of x_T] and zeros for the frames not yet
+                    # here; they stand for inputs whose outputs are not emitted yet.
+                    scratch[..., : p0 + end] = ring[..., start : start + p0 + end]
+                    scratch[..., p0 + end :] = 0.0
+                    spec = fft.rfft(scratch)
+                np.multiply(spec, h0, out=spec)
+                if head_tail is not None:
+                    np.add(spec, head_tail.acc, out=spec)
+            conv = fft.irfft(spec)
+            valid = conv[..., p0 + r : p0 + end]
+            dest = out[..., i : i + take]
+            if has_tail:
+                t = pos % self._tail_len
+                later = self._tail[..., t : t + take]
+                np.add(valid, later, out=dest, casting="same_kind")
+                later.fill(0.0)  # read once; a fill (not a subtraction) also clears NaN
+            else:
+                # COPY: the valid part of the transform's result, cast, into the output.
+                dest[...] = valid
+            self._pos = pos + take
+            i += take
+            if end == p0:
+                self._boundary()
+
+    def _boundary(self) -> None:
+        """A head partition just completed: prepare A_{T+1} and any level chunk due now."""
+        pos = self._pos
+        head_tail = self._head_tail
+        if head_tail is not None:
+            _mac(head_tail.spectra, head_tail.fdl, head_tail.scratch, head_tail.acc, head_tail.slot)
+            head_tail.slot = (head_tail.slot + 1) % head_tail.count
+        ring, ring_len = self._ring, self._ring_len
+        for level in self._levels:
+            size = level.size
+            if pos % size:
+                break  # each size divides the next: no larger level is due either
+            start = (pos - 2 * size) % ring_len
+            # The level's newest input spectrum, into its delay line.
+            level.fft.rfft(ring[..., start : start + 2 * size], out=level.fdl[level.slot])
+            _mac(level.spectra, level.fdl, level.scratch, level.acc, level.slot)
+            level.slot = (level.slot + 1) % level.count
+            conv = level.fft.irfft(level.acc)
+            t = pos % self._tail_len
+            chunk = self._tail[..., t : t + size]
+            np.add(chunk, conv[..., size:], out=chunk)
+
+    def reset(self) -> None:
+        """Forget all input, as if just built."""
+        self._pos = 0
+        self._ring.fill(0.0)
+        self._tail.fill(0.0)
+        for level in [*self._levels, *([self._head_tail] if self._head_tail else [])]:
+            level.fdl.fill(0.0)
+            level.acc.fill(0.0)
+            level.slot = 0
+
+
+def _check_levels(levels: tuple[Level, ...], numtaps: int) -> None:
+    """Refuse a level layout the derivation in `PartitionedConvolver` does not cover."""
+    head = levels[0]
+    if head.offset != 0 or head.size < 1 or head.count < 1:
+        raise ValueError(f"head level must start at tap 0 with >= 1 partition, got {head}")
+    covered = head.count * head.size
+    for level in levels[1:]:
+        if level.size % head.size or level.size < levels[0].size:
+            raise ValueError(f"level size {level.size} is not a multiple of {head.size}")
+        if level.offset != covered or level.offset != level.size or level.count < 1:
+            raise ValueError(
+                f"level {level} must start where the previous ends ({covered}) "
+                f"at its own size, with >= 1 partition"
+            )
+        covered += level.count * level.size
+    sizes = [level.size for level in levels]
+    if sizes != sorted(sizes) or any(b % a for a, b in itertools.pairwise(sizes)):
+        raise ValueError(f"level sizes {sizes} must grow, each dividing the next")
+    if covered < numtaps:
+        raise ValueError(f"levels cover {covered} taps, the filter has {numtaps}")
+
+
+def make_convolver(
+    taps: Taps,
+    *,
+    streams: int = 1,
+    channels: int | None = None,
+    block: int = 256,
+    algorithm: Algorithm | Literal["auto"] = "auto",
+    precision: Precision = "float64",
+    workers: int = 1,
+) -> OverlapSaveConvolver | PartitionedConvolver:
+    """Build the streaming convolver the cost model (or ``algorithm``) picks.
+
+    Parameters
+    ----------
+    taps : ndarray of float64, shape (M,), (1, M) or (channels, M)
+        One shared filter, or one per channel, broadcast over streams.
+    streams : int, optional
+        Streams filtered together in one call. Default 1.
+    channels : int, optional
+        Channels per stream; default: the rows of ``taps``.
+    block : int, optional
+        Typical block length, frames; any block length works. Default 256.
+    algorithm : {"auto", "overlap-save", "partitioned", "nonuniform"}, optional
+        Default ``"auto"``: `choose_plan` decides.
+    precision : {"float64", "float32"}, optional
+        Compute type. Default float64 (see docs/fir.md for the error of float32).
+    workers : int, optional
+        scipy.fft threads, used for batched transforms where they pay. Default 1.
+
+    Returns
+    -------
+    OverlapSaveConvolver or PartitionedConvolver
+        Its ``process(x, out)`` filters x of shape (streams, channels, frames),
+        any float dtype, into ``out`` of the same shape; outputs equal
+        ``scipy.signal.lfilter(h, 1, x)`` of each row's whole stream.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> conv = make_convolver(np.ones(3) / 3, streams=2, channels=1, block=4)
+    >>> x = np.ones((2, 1, 4), np.float32)
+    >>> y = np.empty_like(x)
+    >>> conv.process(x, y)
+    >>> y[0, 0].round(3).tolist()
+    [0.333, 0.667, 1.0, 1.0]
+    """
+    taps2 = np.atleast_2d(np.asarray(taps, dtype=np.float64))
+    channels = taps2.shape[0] if channels is None else channels
+    plan = choose_plan(taps2.shape[1], block, streams * channels, algorithm)
+    if plan.algorithm == "overlap-save":
+        return OverlapSaveConvolver(
+            taps2, plan, streams, channels, precision=precision, workers=workers
+        )
+    return PartitionedConvolver(
+        taps2, plan, streams, channels, precision=precision, workers=workers
+    )
