@@ -94,7 +94,10 @@ class Block:
 
     def with_samples(self, samples: npt.NDArray[np.float32]) -> Block:
         """The same block (metadata and annotations unchanged) carrying other samples."""
-        return replace(self, samples=samples)
+        # Direct construction: dataclasses.replace costs ~3x as much, once per stage per block.
+        return Block(
+            samples, self.stream, self.seq, self.t0, self.rate, self.captured_ns, self.annotations
+        )
 
     def annotated(self, *annotations: Annotation) -> Block:
         """The same block with ``annotations`` added after those it has."""
