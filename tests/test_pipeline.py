@@ -254,3 +254,18 @@ def test_empty_and_short_blocks_through_the_fir_equal_lfilter() -> None:
     y = np.concatenate([b.samples[0] for b in sink.blocks])
     want = scipy.signal.lfilter(stage.taps[0], 1.0, x.astype(np.float64))
     assert np.max(np.abs(y - want)) <= 1e-5 * np.max(np.abs(want))
+
+
+def test_a_device_failing_mid_stream_exits_1_not_2() -> None:
+    """DeviceError at start-up is the user's to fix (exit 2); mid-stream it is a failure (1)."""
+    from streamer.cli._runner import drive
+    from streamer.errors import DeviceError
+
+    class BrokenDevice(ListSource):
+        def blocks(self, block_size: int, stop: threading.Event) -> Iterator[Block]:
+            yield from list(super().blocks(block_size, stop))[:3]
+            raise DeviceError("audio callback failed: OSError()")
+
+    pipeline = make(BrokenDevice(10, 16, live=True), [], ListSink())
+    with pytest.raises(RuntimeError, match="stream 'main' failed: audio callback failed"):
+        drive(pipeline, progress=False)

@@ -15,7 +15,7 @@ from types import FrameType
 from tqdm import tqdm
 
 from streamer.config import Config
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, InputFileError, StreamerError
 from streamer.metrics import status_line
 from streamer.pipeline import Pipeline, build_pipeline
 
@@ -104,8 +104,13 @@ def drive(pipeline: Pipeline, *, progress: bool, reload: Callable[[], None] | No
         if not bar.disable:
             bar.update(round(pipeline.metrics.frames / rate, 2) - bar.n)
     pipeline.close()
-    if pipeline.error is not None:
-        raise pipeline.error
+    error = pipeline.error
+    if isinstance(error, StreamerError) and not isinstance(error, InputFileError):
+        # Refused at start-up is the user's to fix (exit 2); failing mid-stream (a device
+        # that broke, a stage) is a failure while running (exit 1), whatever its class.
+        raise RuntimeError(f"stream {pipeline.cfg.stream!r} failed: {error}") from error
+    if error is not None:
+        raise error
 
 
 def summary_lines(pipeline: Pipeline, wall_s: float) -> list[str]:
