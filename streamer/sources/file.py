@@ -133,6 +133,63 @@ class _NpyReader:
         self._arr = np.empty((0, self.channels))
 
 
+SIGMF_SUFFIXES = (".sigmf-meta", ".sigmf-data", ".sigmf")
+
+
+class _SigmfReader:
+    """A SigMF recording (``.sigmf-meta`` beside ``.sigmf-data``, or a ``.sigmf`` archive),
+    through the ``sigmf`` package: rate and channels from its metadata, real types only.
+
+    Integer data are scaled to [-1, 1) as SigMF's reader does.
+    """
+
+    def __init__(self, path: Path, want_rate: int | None):
+        import sigmf
+        from sigmf import sigmffile
+
+        self._path = path
+        try:
+            self._file = sigmffile.fromfile(str(path))
+        except (sigmf.error.SigMFError, OSError, ValueError, KeyError) as e:
+            raise InputFileError(path, f"not a readable SigMF recording ({e})") from e
+        datatype = str(self._file.get_global_field(sigmf.DATATYPE_KEY))
+        if datatype.startswith("c"):
+            raise InputFileError(
+                path, f"holds complex ({datatype}) samples; only real recordings are supported"
+            )
+        rate = self._file.get_global_field(sigmf.SAMPLE_RATE_KEY)
+        if rate is None or float(rate) != int(rate) or int(rate) <= 0:
+            raise InputFileError(path, f"core:sample_rate {rate!r} is not a whole number of Hz")
+        self.rate = int(rate)
+        if want_rate is not None and want_rate != self.rate:
+            raise InputFileError(
+                path,
+                f"sample rate is {self.rate} Hz but source.rate asks for {want_rate} Hz "
+                "(resampling is not supported)",
+            )
+        self.channels = int(self._file.get_global_field(sigmf.NUM_CHANNELS_KEY, 1))
+        self.frames: int | None = int(self._file.sample_count)
+        if self.frames == 0:
+            raise InputFileError(path, "holds no samples")
+        self._pos = 0
+
+    def read_into(self, out: F32) -> int:
+        k = min(int(out.shape[1]), int(self.frames or 0) - self._pos)
+        if k <= 0:
+            return 0
+        chunk = np.asarray(self._file.read_samples(self._pos, k)).reshape(k, self.channels)
+        # COPY: converted to float32 and de-interleaved into the block's own buffer
+        out[:, :k] = chunk.T
+        self._pos += k
+        return k
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+    def close(self) -> None:
+        pass  # the sigmf package opens the data file per read
+
+
 def _parse_row(line: str) -> list[float] | None:
     """The numbers of one CSV line, or None when a field is not a number."""
     try:
@@ -303,6 +360,8 @@ class FileSource:
         if st.st_size == 0:
             raise InputFileError(path, "is empty: it holds no samples")
         suffix = path.suffix.lower()
+        if suffix in SIGMF_SUFFIXES:
+            return _SigmfReader(path, rate)
         if suffix in (".npy", ".csv"):
             if rate is None:
                 raise ConfigError(

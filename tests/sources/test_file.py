@@ -360,3 +360,51 @@ def test_npz_refused(tmp_path: Path, source: Any) -> None:
     (tmp_path / "z.npz").rename(path)
     with pytest.raises(InputFileError, match=r"z\.npy: not a \.npy array"):
         source(path, rate=10)
+
+
+def write_sigmf(folder: Path, data: np.ndarray, datatype: str, rate: int = 10_000) -> Path:
+    """A SigMF recording written with the sigmf package: (frames, channels) data."""
+    import sigmf
+    from sigmf import SigMFFile
+
+    data_path = folder / "rec.sigmf-data"
+    data.tofile(data_path)
+    meta = SigMFFile(
+        data_file=str(data_path),
+        global_info={
+            sigmf.DATATYPE_KEY: datatype,
+            sigmf.SAMPLE_RATE_KEY: rate,
+            sigmf.NUM_CHANNELS_KEY: data.shape[1] if data.ndim == 2 else 1,
+        },
+    )
+    meta.add_capture(0, metadata={})
+    meta_path = folder / "rec.sigmf-meta"
+    meta.tofile(str(meta_path))
+    return meta_path
+
+
+def test_sigmf_recording_is_read_with_its_rate_and_channels(tmp_path: Path) -> None:
+    data = np.random.default_rng(4).standard_normal((3000, 2)).astype(np.float32)
+    meta = write_sigmf(tmp_path, data, "rf32_le")
+    for path in (meta, tmp_path / "rec.sigmf-data"):
+        source = FileSource(FileSourceConfig(path=path), "s")
+        assert source.layout.rate == 10_000 and source.layout.channels == 2
+        assert source.total_frames == 3000
+        got = np.concatenate([b.samples for b in source.blocks(700, threading.Event())], axis=1)
+        source.close()
+        np.testing.assert_array_equal(got, data.T)
+
+
+def test_sigmf_integers_are_scaled_and_complex_is_refused(tmp_path: Path) -> None:
+    ints = np.array([[0], [16384], [-32768]], dtype="<i2")
+    int_meta = write_sigmf(tmp_path, ints, "ri16_le")
+    source = FileSource(FileSourceConfig(path=int_meta), "s")
+    block = next(source.blocks(8, threading.Event()))
+    np.testing.assert_allclose(block.samples[0], [0.0, 0.5, -1.0])
+    cplx = tmp_path / "c"
+    cplx.mkdir()
+    meta = write_sigmf(cplx, np.zeros((4, 1), np.complex64), "cf32_le")
+    with pytest.raises(InputFileError, match=r"complex \(cf32_le\) samples"):
+        FileSource(FileSourceConfig(path=meta), "s")
+    with pytest.raises(InputFileError, match=r"sample rate is 10000 Hz but source.rate asks"):
+        FileSource(FileSourceConfig(path=int_meta, rate=8000), "s")
