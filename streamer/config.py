@@ -35,6 +35,7 @@ from streamer.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
+    "AnomalyConfig",
     "Config",
     "FileSourceConfig",
     "FirConfig",
@@ -270,7 +271,120 @@ class FirConfig(_Model):
         return self
 
 
-StageConfig = Annotated[FirConfig, Field(discriminator="kind")]
+BandsHz = tuple[tuple[float, float], ...]
+
+
+class AnomalyConfig(_Model):
+    """A classical spectral anomaly detector: audio passes through, events annotate the blocks."""
+
+    kind: Literal["anomaly"] = "anomaly"
+    name: str | None = Field(None, description="Label in metrics; defaults to the kind.")
+    frame_ms: float = Field(
+        21.33,
+        gt=0.5,
+        le=1000.0,
+        description="STFT frame length, ms (21.33 ms is 1024 samples at 48 kHz); sets the "
+        "frequency resolution and most of the detection delay.",
+    )
+    hop_ratio: Literal[2, 4, 8] = Field(
+        4, description="Frames overlap: hop = frame / hop_ratio (5.3 ms by default)."
+    )
+    window: str = Field("hann", description="scipy.signal.get_window name of the STFT window.")
+    bands: Literal["log", "explicit"] = Field(
+        "log",
+        description="log: n_bands log-spaced bands from fmin_hz to fmax_hz; explicit: bands_hz.",
+    )
+    n_bands: int = Field(24, ge=1, le=256, description="Number of log-spaced bands.")
+    fmin_hz: float = Field(50.0, gt=0, description="Low edge of the lowest log band, Hz.")
+    fmax_hz: float | None = Field(
+        None, gt=0, description="High edge of the highest log band, Hz; unset: 0.45 x rate."
+    )
+    bands_hz: BandsHz | None = Field(
+        None, description="Explicit bands as [[low, high], ...] in Hz (bands = 'explicit')."
+    )
+    baseline_tau_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time constant of the background baseline (per band and bin), s; frames "
+        "inside events or pending onsets are not learned.",
+    )
+    warmup_s: float = Field(
+        2.0, ge=0, description="Seconds from the stream start that only train the baseline."
+    )
+    z_threshold: float = Field(
+        5.0, gt=0, description="Band level and tonal detectors: rise in baseline std units."
+    )
+    level_db: float = Field(
+        6.0, gt=0, description="Band level detector: smallest rise above the baseline, dB."
+    )
+    tonal_db: float = Field(
+        15.0,
+        gt=0,
+        description="Tonal detector: smallest narrowband rise of a spectral line above the "
+        "learned background and its neighbourhood, dB.",
+    )
+    dropout_db: float = Field(
+        20.0, gt=0, description="Dropout detector: broadband level drop below the baseline, dB."
+    )
+    impulse_ratio: float = Field(
+        3.0,
+        gt=1,
+        description="Impulsive detector: kurtosis of the frame, whitened by the learned "
+        "background spectrum, over its baseline kurtosis.",
+    )
+    on_threshold: float = Field(
+        1.0, gt=0, description="Normalised score (1 = a detector at its threshold) for onset."
+    )
+    off_threshold: float = Field(
+        0.6, gt=0, description="Normalised score below which an event may end (hysteresis)."
+    )
+    min_duration_s: float = Field(
+        0.01,
+        ge=0,
+        description="The score must stay at or above on_threshold this long for an onset, s; "
+        "also lets the most specific detector name the event (a dropout's hard edge first "
+        "looks impulsive).",
+    )
+    merge_gap_s: float = Field(
+        0.3,
+        ge=0,
+        description="An event ends after its score stayed below off_threshold this long; "
+        "closer recurrences (a click train) stay one event.",
+    )
+    refractory_s: float = Field(
+        0.2, ge=0, description="No new onset on a channel this long after an offset, s."
+    )
+    relearn_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="An event longer than this lets the baseline learn again, so a lasting "
+        "change becomes the new normal.",
+    )
+    spectrum_rate_hz: float = Field(
+        0.0, ge=0, le=1000, description="Band spectra on spectrum/STREAM per second; 0 = off."
+    )
+
+    @model_validator(mode="after")
+    def _check_bands(self) -> Self:
+        if self.off_threshold > self.on_threshold:
+            raise ValueError(
+                f"off_threshold {self.off_threshold} must not exceed on_threshold "
+                f"{self.on_threshold}"
+            )
+        if self.bands == "explicit":
+            if not self.bands_hz:
+                raise ValueError("bands = 'explicit' needs bands_hz = [[low, high], ...]")
+            for lo, hi in self.bands_hz:
+                if not 0 <= lo < hi:
+                    raise ValueError(f"band [{lo}, {hi}] must satisfy 0 <= low < high")
+        elif self.bands_hz is not None:
+            raise ValueError("bands_hz needs bands = 'explicit'")
+        if self.fmax_hz is not None and self.fmax_hz <= self.fmin_hz:
+            raise ValueError(f"fmax_hz {self.fmax_hz} must be above fmin_hz {self.fmin_hz}")
+        return self
+
+
+StageConfig = Annotated[FirConfig | AnomalyConfig, Field(discriminator="kind")]
 
 # ----------------------------------------------------------- pipeline and sinks
 
@@ -381,7 +495,7 @@ class OutputConfig(_Model):
     )
 
 
-def _default_stages() -> list[FirConfig]:
+def _default_stages() -> list[StageConfig]:
     return [FirConfig()]
 
 
@@ -404,7 +518,7 @@ class Config(_Model):
 # ------------------------------------------------------------------- loading
 
 
-_UNION_TAGS = frozenset({"synth", "file", "mic", "zmq", "fir"})
+_UNION_TAGS = frozenset({"synth", "file", "mic", "zmq", "fir", "anomaly"})
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

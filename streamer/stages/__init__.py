@@ -6,13 +6,14 @@ from collections.abc import Callable, Sequence
 
 from streamer.block import StreamLayout
 from streamer.config import StageConfig
+from streamer.stages.anomaly import AnomalyStage
 from streamer.stages.base import Stage
 from streamer.stages.fir import FirStage
 
-__all__ = ["STAGE_KINDS", "FirStage", "Stage", "build_stages"]
+__all__ = ["STAGE_KINDS", "AnomalyStage", "FirStage", "Stage", "build_stages"]
 
 StageFactory = Callable[..., Stage]
-STAGE_KINDS: dict[str, StageFactory] = {"fir": FirStage}
+STAGE_KINDS: dict[str, StageFactory] = {"fir": FirStage, "anomaly": AnomalyStage}
 
 
 def build_stages(

@@ -1,0 +1,7 @@
+"""Signal-processing building blocks shared by stages: streaming STFT and its inverse."""
+
+from __future__ import annotations
+
+from streamer.dsp.stft import StreamingISTFT, StreamingSTFT, frames, istft, wola_window
+
+__all__ = ["StreamingISTFT", "StreamingSTFT", "frames", "istft", "wola_window"]
