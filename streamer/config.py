@@ -119,10 +119,30 @@ class FileSourceConfig(_Model):
         None,
         ge=1,
         le=768_000,
-        description="Sample rate, Hz: required for .npy/.csv, checked against audio files.",
+        description="Sample rate, Hz: required for .npy and for .csv without a time column; "
+        "checked against audio files, SigMF recordings and a .csv time column.",
+    )
+    time_column: str | int | None = Field(
+        None,
+        description=".csv only: the column holding each row's time in seconds, by header name "
+        "or index from 0; not a channel. Its spacing must be even and gives the rate when "
+        "rate is unset.",
+    )
+    time_tolerance: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="How far a row's time may stray from the even grid, in sample periods "
+        "(timestamps are often written with few decimals).",
     )
     realtime: bool = Field(False, description="Pace blocks at real time instead of at once.")
     loop: bool = Field(False, description="Start again at the end of the file (for demos).")
+
+    @model_validator(mode="after")
+    def _check_time_column(self) -> Self:
+        if isinstance(self.time_column, int) and self.time_column < 0:
+            raise ValueError(f"time_column {self.time_column} must be >= 0 (counted from 0)")
+        return self
 
 
 class MicSourceConfig(_Model):
@@ -484,6 +504,20 @@ class OutputConfig(_Model):
     events: ConfigPath | None = Field(
         None, description="Write anomaly events here, one JSON object per line."
     )
+    event_audio: bool = Field(
+        False,
+        description="Also save the audio around each event as a WAV beside the events "
+        "file (STEM.eventID-STARTs.wav), named in the event's lines as audio_file.",
+    )
+    event_pre_roll_s: float = Field(
+        1.0, ge=0, le=60, description="Audio kept before an event's start, s."
+    )
+    event_post_roll_s: float = Field(
+        0.5, ge=0, le=60, description="Audio kept after an event's end, s."
+    )
+    event_max_s: float = Field(
+        30.0, gt=0, le=3600, description="Longest event clip, s (pre-roll included)."
+    )
     monitor: bool = Field(
         False, description="Play processed audio on an output device, for listening in."
     )
@@ -493,6 +527,12 @@ class OutputConfig(_Model):
     monitor_buffer_blocks: int = Field(
         8, ge=2, le=1024, description="Blocks the monitor may hold before it drops new ones."
     )
+
+    @model_validator(mode="after")
+    def _check_event_audio(self) -> Self:
+        if self.event_audio and self.events is None:
+            raise ValueError("event_audio needs events = PATH (the clips are written beside it)")
+        return self
 
 
 def _default_stages() -> list[StageConfig]:

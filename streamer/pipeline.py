@@ -28,6 +28,7 @@ from streamer.block import Block
 from streamer.config import Config
 from streamer.metrics import BlockTiming, StreamMetrics
 from streamer.sinks.base import Sink
+from streamer.sinks.event_audio import EventClipper
 from streamer.sinks.events import EventWriter
 from streamer.sinks.publisher import Publisher
 from streamer.sinks.speaker import SpeakerMonitor
@@ -271,8 +272,20 @@ def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
             wav = WavWriter(cfg.output.wav, source.layout, metrics, lossless=not source.live)
             cleanup.callback(wav.close)
             sinks.append(wav)
-        if cfg.output.events is not None:
-            events = EventWriter(cfg.output.events, cfg.stream, metrics, lossless=not source.live)
+        if (events_path := cfg.output.events) is not None:
+            out = cfg.output
+            clipper = None
+            if out.event_audio:
+                clipper = EventClipper(
+                    source.layout.channels,
+                    source.layout.rate,
+                    pre_roll_s=out.event_pre_roll_s,
+                    post_roll_s=out.event_post_roll_s,
+                    max_s=out.event_max_s,
+                )
+            events = EventWriter(
+                events_path, cfg.stream, metrics, lossless=not source.live, clipper=clipper
+            )
             cleanup.callback(events.close)
             sinks.append(events)
         if cfg.output.monitor:

@@ -26,6 +26,11 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--events", type=Path, help="anomaly events, one JSON object per line (JSONL)"
     )
+    parser.add_argument(
+        "--event-audio",
+        action="store_true",
+        help="with --events: also save each event's audio (with pre-roll) as a WAV beside it",
+    )
     parser.add_argument("--block", type=_positive_int, help="frames per block")
     parser.add_argument("--realtime", action="store_true", help="pace blocks at real time")
     parser.add_argument("--rate", type=_positive_int, help="sample rate of a .npy/.csv input, Hz")
@@ -54,9 +59,12 @@ def handle(args: argparse.Namespace) -> int:
     updates: dict[str, Any] = {"source": source} if keep_source else {}
     if args.block is not None:
         updates["pipeline"] = {"block": args.block}
-    output = {"wav": args.output, "events": args.events}
-    if any(path is not None for path in output.values()):
-        updates["output"] = {k: v.absolute() for k, v in output.items() if v is not None}
+    paths = {"wav": args.output, "events": args.events}
+    output: dict[str, Any] = {k: v.absolute() for k, v in paths.items() if v is not None}
+    if args.event_audio:
+        output["event_audio"] = True
+    if output:
+        updates["output"] = output
     cfg = with_overrides(cfg, updates, replace=None if keep_source else {"source": source})
     pipeline = build(cfg, args.config, publish=cfg.publish.enabled is True)
     started = time.monotonic()

@@ -341,7 +341,9 @@ class AnomalyStage:
         self._learned = np.zeros(ch)  # frames learned per channel (for the start-up average)
         self._envelope = np.zeros((ch, self._env_len))
         self._events: list[_Event | None] = [None] * ch
-        self._next_id = 0
+        self._next_id = 0  # event ids stay unique for the stage's life, resets included
+        self._origin = 0
+        self._next_t0: int | None = None
         # Scratch for one frame.
         self._band_db = np.zeros((ch, n_bands))
         self._band_score = np.zeros((ch, n_bands))
@@ -383,7 +385,8 @@ class AnomalyStage:
             tracker.reset()
         self._fired[...] = False
         self._events = [None] * self.layout.channels
-        self._next_id = 0
+        self._origin = 0  # stream sample index (t0 counting) of the first sample analysed
+        self._next_t0 = None
 
     def process(self, block: Block) -> Block:
         """Analyse one block; return it with any event and spectrum annotations.
@@ -407,6 +410,13 @@ class AnomalyStage:
             The block's channel count or rate differs from the stage's layout.
         """
         self.layout.check(block, f"anomaly stage {self.name!r}")
+        # Event times are stream times: from the first block's t0, and moved on by
+        # any gap (lost samples) in between, which the frames themselves cannot see.
+        if self._next_t0 is None:
+            self._origin = block.t0
+        else:
+            self._origin += block.t0 - self._next_t0
+        self._next_t0 = block.t0 + block.frames
         spectra = self._stft.process(block.samples)
         count = spectra.shape[1]
         if count == 0:
@@ -676,8 +686,8 @@ class AnomalyStage:
         fields: dict[str, Any] = {
             "state": "onset",
             "event_id": event.event_id,
-            "start_s": round((start_frame * self.hop + self.n_fft / 2) / rate, 6),
-            "detected_s": round((k * self.hop + self.n_fft) / rate, 6),
+            "start_s": round((self._origin + start_frame * self.hop + self.n_fft / 2) / rate, 6),
+            "detected_s": round((self._origin + k * self.hop + self.n_fft) / rate, 6),
             "score": round(score, 4),
             "threshold": self.cfg.on_threshold,
             "band_hz": band,
@@ -692,13 +702,13 @@ class AnomalyStage:
         assert event is not None
         self._events[c] = None
         rate = self.layout.rate
-        start = (event.start_frame * self.hop + self.n_fft / 2) / rate
-        end = (last_above * self.hop + self.n_fft / 2) / rate
+        start = (self._origin + event.start_frame * self.hop + self.n_fft / 2) / rate
+        end = (self._origin + last_above * self.hop + self.n_fft / 2) / rate
         fields: dict[str, Any] = {
             "state": "offset",
             "event_id": event.event_id,
             "start_s": round(start, 6),
-            "detected_s": round((k * self.hop + self.n_fft) / rate, 6),
+            "detected_s": round((self._origin + k * self.hop + self.n_fft) / rate, 6),
             "score": round(event.max_score, 4),
             "threshold": self.cfg.off_threshold,
             "band_hz": event.band_hz,
@@ -764,7 +774,7 @@ class AnomalyStage:
         flatness = np.exp(np.mean(np.log(p + _EPS), axis=1)) / (total / p.shape[1])
         centroid = (p @ f) / total
         fields: dict[str, Any] = {
-            "t_s": round((k * self.hop + self.n_fft) / self.layout.rate, 6),
+            "t_s": round((self._origin + k * self.hop + self.n_fft) / self.layout.rate, 6),
             "frame": k,
             "bands_hz": self._band_list,
             "flatness": [round(float(v), 5) for v in flatness],

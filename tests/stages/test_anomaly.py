@@ -248,7 +248,33 @@ def test_reset_gives_fresh_output() -> None:
     assert onsets(first)
     stage.reset()
     again = run(stage, x, [700] * (x.shape[1] // 700), 16_000)
-    assert [a.fields for _, a in again] == [a.fields for _, a in first]
+
+    def without_ids(found: Found) -> list[dict[str, Any]]:
+        return [{k: v for k, v in a.fields.items() if k != "event_id"} for _, a in found]
+
+    assert without_ids(again) == without_ids(first)
+    # Event ids go on counting: a subscriber never sees two events with one id.
+    first_ids = {f["event_id"] for f in onsets(first)}
+    assert min(f["event_id"] for f in onsets(again)) > max(first_ids)
+
+
+def test_event_times_are_stream_times_across_gaps() -> None:
+    """A stage started mid-stream, and lost samples in between, still give stream times."""
+    x, _ = synth(8.0, rate=16_000, anomaly_period_s=4.0)
+    cfg = AnomalyConfig(warmup_s=0.4)
+    ref = onsets(run(AnomalyStage(cfg, StreamLayout(1, 16_000)), x, [400] * 320, 16_000))
+    stage = AnomalyStage(cfg, StreamLayout(1, 16_000))
+    shifted: list[dict[str, Any]] = []
+    for seq, start in enumerate(range(0, x.shape[1], 400)):
+        # The stream began 1000 s earlier; 0.1 s is lost at 1.0 s (t0 jumps past it).
+        t0 = 16_000_000 + start + (1600 if start >= 16_000 else 0)
+        block = Block(np.ascontiguousarray(x[:, start : start + 400]), "t", seq, t0, 16_000, seq)
+        shifted += [a.fields for a in stage.process(block).annotations if a.kind == "anomaly"]
+    shifted = [f for f in shifted if f["state"] == "onset"]
+    assert len(shifted) == len(ref) >= 2
+    for got, want in zip(shifted, ref, strict=True):
+        late = 1000.0 + (0.1 if want["start_s"] > 1.0 else 0.0)
+        assert got["start_s"] == pytest.approx(want["start_s"] + late, abs=1e-6)
 
 
 def test_layout_mismatch_raises() -> None:
