@@ -346,6 +346,8 @@ class AnomalyStage:
         self._next_t0: int | None = None
         # Scratch for one frame.
         self._band_db = np.zeros((ch, n_bands))
+        self._prev_band_db = np.zeros((ch, n_bands))
+        self._flux = np.zeros(ch)  # largest spectral flux since the last spectrum message
         self._band_score = np.zeros((ch, n_bands))
         self._scores = np.zeros((ch, 5))
         self._fired = np.zeros((ch, 5), dtype=bool)  # detectors seen during a pending onset
@@ -379,6 +381,7 @@ class AnomalyStage:
             self._vlong_lnk,
             self._learned,
             self._envelope,
+            self._flux,
         ):
             arr[...] = 0.0
         for tracker in self._trackers:
@@ -474,6 +477,12 @@ class AnomalyStage:
         band_db = self._band_db
         np.log10(smooth @ self._band_mat + _EPS, out=band_db)
         band_db *= 10.0
+        # Spectral flux: the mean rise of the band levels since the last frame (dB),
+        # its largest since the last spectrum message kept for that message.
+        if k:
+            flux = np.maximum(band_db - self._prev_band_db, 0.0).mean(axis=1)
+            np.maximum(self._flux, flux, out=self._flux)
+        self._prev_band_db[...] = band_db
         tot_db = 10.0 * np.log10(smooth[:, self._bins].sum(axis=1) + _EPS)
         lnk = np.log(np.maximum(kurt, 1e-3))
         self._envelope[:, k % self._env_len] = env
@@ -779,5 +788,7 @@ class AnomalyStage:
             "bands_hz": self._band_list,
             "flatness": [round(float(v), 5) for v in flatness],
             "centroid_hz": [round(float(v), 1) for v in centroid],
+            "flux_db": [round(float(v), 3) for v in self._flux],
         }
+        self._flux[...] = 0.0
         return Annotation("spectrum", fields, self._band_db.astype(np.float32))

@@ -112,7 +112,22 @@ def test_spectrum_annotations() -> None:
     assert first.array is not None and first.array.shape == (2, 12)
     assert first.array.dtype == np.float32
     assert len(first.fields["bands_hz"]) == 12 and first.fields["bands_hz"][0][0] == 50.0
+    assert len(first.fields["flux_db"]) == 2
     json.dumps(first.fields)
+
+
+def test_spectral_flux_marks_an_onset() -> None:
+    """Flux (largest mean band rise since the last message) jumps where a burst begins."""
+    rate = 16_000
+    x = 0.01 * np.random.default_rng(3).standard_normal((1, 2 * rate)).astype(np.float32)
+    x[:, rate:] *= 30  # a broadband step at 1 s
+    stage = AnomalyStage(AnomalyConfig(spectrum_rate_hz=20.0), StreamLayout(1, rate))
+    spectra = [a.fields for _, a in run(stage, x, [256] * (x.shape[1] // 256), rate)
+               if a.kind == "spectrum"]  # fmt: skip
+    flux = {round(f["t_s"], 2): f["flux_db"][0] for f in spectra}
+    at_step = max(v for t, v in flux.items() if 1.0 <= t <= 1.1)
+    steady = max(v for t, v in flux.items() if 0.3 <= t <= 0.9)
+    assert at_step > 10 > 3 > steady  # a 30 dB step, spread over a few (smoothed) frames
 
 
 def test_empty_blocks_change_nothing() -> None:
