@@ -41,7 +41,7 @@ from streamer.block import Block, StreamLayout
 from streamer.config import Config, FileSourceConfig, with_overrides
 from streamer.metrics import BlockTiming, StreamMetrics
 from streamer.pipeline import Pipeline, build_pipeline
-from streamer.sources import open_source
+from streamer.sources import NO_METADATA, open_source
 from streamer.stages import Stage, build_stages
 
 __all__ = [
@@ -141,6 +141,7 @@ class _ReplaySource:
 
     live = False
     total_frames: int | None = None
+    metadata = NO_METADATA
 
     def __init__(self, signal: npt.NDArray[np.float32], rate: int, stream: str):
         self.layout = StreamLayout(signal.shape[0], rate)

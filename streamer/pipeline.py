@@ -294,7 +294,7 @@ def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
             sinks.append(monitor)
         publisher = None
         if publish:
-            publisher = Publisher(cfg.publish, cfg.stream, metrics)
+            publisher = Publisher(cfg.publish, cfg.stream, metrics, meta=source.metadata)
             cleanup.callback(publisher.close)
             sinks.append(publisher)
         cleanup.pop_all()

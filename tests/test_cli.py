@@ -426,3 +426,17 @@ def test_replay_of_sensor_data_takes_its_rate_on_the_command_line(
     assert proc.returncode == 0, proc.stderr
     y, rate = sf.read(out, always_2d=True)
     assert rate == 10000 and y.shape == data.shape
+
+
+def test_replay_of_a_csv_with_uneven_time_column_exits_2_naming_file_and_row(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    rows = [f"{i / 1000:.3f},{i % 7}" for i in range(3000)]
+    rows[2500] = "2.5004,0"
+    (tmp_path / "accel.csv").write_text("t,x\n" + "\n".join(rows) + "\n")
+    cfg = tmp_path / "timed.toml"
+    cfg.write_text('stages = []\n[source]\nkind = "file"\ntime_column = "t"\n')
+    proc = run_cli(["replay", str(tmp_path / "accel.csv"), "--config", str(cfg)], cli_env)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line(proc.stderr)
+    assert re.search(r"accel\.csv: row 2501 \(line 2502\): time 2\.5004 is not evenly", line)

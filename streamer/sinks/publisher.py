@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import zmq
@@ -34,6 +35,8 @@ class Publisher:
     timings and end-to-end latency to publication), ``status/STREAM`` (a
     periodic summary with its own ``seq``), and ``anomaly/STREAM`` and
     ``spectrum/STREAM`` for the block's annotations (each with its own ``seq``).
+    The source's ``metadata`` (a file's channel names, units), when it has any,
+    goes out as ``meta`` in every ``audio`` and ``status`` header.
     """
 
     name = "publish"
@@ -44,10 +47,13 @@ class Publisher:
         stream: str,
         metrics: StreamMetrics,
         context: zmq.Context[Any] | None = None,
+        *,
+        meta: Mapping[str, Any] | None = None,
     ):
         self._cfg = cfg
         self._stream = stream
         self._metrics = metrics
+        self._meta = {"meta": dict(meta)} if meta else {}
         kinds = ("audio", "metrics", "status", "anomaly", "spectrum")
         self._topics = {kind: topic_for(kind, stream) for kind in kinds}
         self._status_seq = 0
@@ -113,7 +119,7 @@ class Publisher:
         common = self._common(block)
         published_ns = time.monotonic_ns()
         if self._cfg.audio:
-            header = {**common, "published_ns": published_ns}
+            header = {**common, "published_ns": published_ns, **self._meta}
             frames = encode(self._topics["audio"], header, block.samples)
             self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
         end_to_end_ns = published_ns - block.captured_ns
@@ -152,6 +158,7 @@ class Publisher:
             "captured_ns": now,
             "published_ns": now,
             **snapshot,
+            **self._meta,
         }
         self._status_seq += 1
         self._socket.send_multipart(encode(self._topics["status"], header), flags=zmq.NOBLOCK)

@@ -6,13 +6,14 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from streamer.config import SourceConfig
-from streamer.sources.base import Pacer, Source
+from streamer.sources.base import NO_METADATA, Pacer, Source
 from streamer.sources.file import FileSource
 from streamer.sources.mic import MicSource
 from streamer.sources.synth import SynthSource
 from streamer.sources.zmq import ZmqSource
 
 __all__ = [
+    "NO_METADATA",
     "SOURCE_KINDS",
     "FileSource",
     "MicSource",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
+from typing import Any, Final, Protocol
 
 from streamer.block import Block, StreamLayout
 
-__all__ = ["Pacer", "Source"]
+__all__ = ["NO_METADATA", "Pacer", "Source"]
+
+NO_METADATA: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
 class Source(Protocol):
@@ -26,6 +29,9 @@ class Source(Protocol):
     the pipeline makes it wait for room in the queue."""
     total_frames: int | None
     """Frames the source will yield, when known (for progress bars)."""
+    metadata: Mapping[str, Any]
+    """What the input says of itself (a file's channel names, units): JSON-ready, sent
+    as ``meta`` in the stream's headers (docs/wire-format.md); empty when nothing."""
 
     def blocks(self, block_size: int, stop: threading.Event) -> Iterator[Block]:
         """Yield blocks of ``block_size`` frames (the last may be shorter) until

@@ -5,9 +5,9 @@ from __future__ import annotations
 import itertools
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, Final, Protocol, TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,8 @@ class _Reader(Protocol):
     channels: int
     rate: int
     frames: int | None
+    metadata: dict[str, Any]
+    """What the file says of its stream beyond the samples (docs/wire-format.md, ``meta``)."""
 
     def read_into(self, out: F32) -> int:
         """Fill ``out[:, :k]`` of ``out`` (channels, n) with the next frames; return k (0: end)."""
@@ -64,6 +66,7 @@ class _AudioReader:
             raise InputFileError(path, "holds no samples")
         self._scratch = np.empty((0, self.channels), dtype=np.float32)
         self._pos = 0
+        self.metadata: dict[str, Any] = {"file": path.name}
 
     def read_into(self, out: F32) -> int:
         n = out.shape[1]
@@ -117,6 +120,7 @@ class _NpyReader:
         self.rate = rate
         self.frames: int | None = int(arr.shape[0])
         self._pos = 0
+        self.metadata: dict[str, Any] = {"file": path.name}
 
     def read_into(self, out: F32) -> int:
         k = min(int(out.shape[1]), int(self._arr.shape[0]) - self._pos)
@@ -172,6 +176,32 @@ class _SigmfReader:
         if self.frames == 0:
             raise InputFileError(path, "holds no samples")
         self._pos = 0
+        self.metadata = self._metadata(self._file.get_global_info())
+
+    def _metadata(self, info: dict[str, Any]) -> dict[str, Any]:
+        """``core:description``, and ``channel_names`` and ``units`` from any extension
+        namespace (``sensor:units``): SigMF's core has no field for either."""
+        meta: dict[str, Any] = {"file": self._path.name}
+        if isinstance(info.get("core:description"), str):
+            meta["description"] = info["core:description"]
+        for key, value in info.items():
+            namespace, _, field = key.partition(":")
+            if namespace == "core" or field not in ("channel_names", "units"):
+                continue
+            if isinstance(value, str) and field == "units":
+                value = [value] * self.channels
+            if not (
+                isinstance(value, list)
+                and len(value) == self.channels
+                and all(isinstance(v, str) for v in value)
+            ):
+                raise InputFileError(
+                    self._path,
+                    f"{key} must be a list of {self.channels} strings (one per channel)"
+                    + (", or one string" if field == "units" else ""),
+                )
+            meta[field] = value
+        return meta
 
     def read_into(self, out: F32) -> int:
         k = min(int(out.shape[1]), int(self.frames or 0) - self._pos)
@@ -198,29 +228,53 @@ def _parse_row(line: str) -> list[float] | None:
         return None
 
 
-class _CsvReader:
-    """Comma-separated text, a column per channel, with an optional header line of names.
+# Rows read at open to find the rate from a time column, when the config gives none.
+_RATE_ROWS: Final = 1024
 
-    Read in chunks of rows, so a file of any size streams in constant memory.
+
+class _CsvReader:
+    """Comma-separated text, a column per channel, with an optional header line of names
+    and an optional time column.
+
+    A time column is not a channel: its values must lie on the even grid
+    ``t_first + row / rate`` (within ``tolerance`` of a step), which catches
+    uneven spacing and missing rows alike; without a configured rate, the rate
+    is the one the first rows' spacing gives. Read in chunks of rows, so a file
+    of any size streams in constant memory.
     """
 
-    def __init__(self, path: Path, rate: int):
+    def __init__(
+        self, path: Path, rate: int | None, time_column: str | int | None, tolerance: float
+    ):
         self._path = path
-        self.rate = rate
         self.frames: int | None = None  # unknown without reading the whole file
+        self._tolerance = tolerance
         try:
             self._fh: TextIO = open(path, encoding="utf-8")  # noqa: SIM115 (closed by close())
         except OSError as e:
             raise InputFileError(path, f"cannot be read ({e.strerror})") from e
         try:
-            self._open()
+            names = self._open()
+            self._time = None if time_column is None else self._time_index(time_column, names)
+            self._t_first = self._first[self._time] if self._time is not None else 0.0
+            self._data_cols = np.array([i for i in range(self._width) if i != self._time])
+            self.channels = len(self._data_cols)
+            if self.channels == 0:
+                raise InputFileError(path, "holds only its time column, no channel")
+            self.rate = self._find_rate(rate)
         except BaseException:
             self._fh.close()
             raise
+        self.metadata: dict[str, Any] = {"file": path.name}
+        if names is not None:
+            self.metadata["channel_names"] = [names[i] for i in self._data_cols]
+            if self._time is not None:
+                self.metadata["time_column"] = names[self._time]
 
-    def _open(self) -> None:
-        """Detect a header and the channel count from the first non-blank lines."""
-        header_width: int | None = None
+    def _open(self) -> list[str] | None:
+        """Detect a header and the column count from the first non-blank lines; return
+        the header's names, if any."""
+        header: list[str] | None = None
         first: list[float] | None = None
         first_line = 0
         for lineno, line in enumerate(self._lines(), start=1):
@@ -230,20 +284,68 @@ class _CsvReader:
             if first is not None:
                 first_line = lineno
                 break
-            if header_width is not None:  # a second non-numeric line: a bad row
+            if header is not None:  # a second non-numeric line: a bad row
                 raise InputFileError(self._path, f"line {lineno}: not a row of numbers")
-            header_width = len(line.split(","))
+            header = [name.strip().strip('"') for name in line.split(",")]
         if first is None:
             raise InputFileError(self._path, "holds no samples")
         self._skip = first_line - 1  # lines before the data: blank lines and a header
-        self.channels = len(first)
-        if header_width is not None and header_width != self.channels:
+        self._width = len(first)
+        self._first = first
+        if header is not None and len(header) != self._width:
             raise InputFileError(
                 self._path,
-                f"the header names {header_width} columns but line {first_line} "
-                f"holds {self.channels}",
+                f"the header names {len(header)} columns but line {first_line} "
+                f"holds {self._width}",
             )
         self.rewind()
+        return header
+
+    def _time_index(self, column: str | int, names: list[str] | None) -> int:
+        if isinstance(column, int):
+            if column >= self._width:
+                raise InputFileError(
+                    self._path,
+                    f"has {self._width} columns, so no time column {column} (counted from 0)",
+                )
+            return column
+        if names is None or column not in names:
+            have = f"columns: {', '.join(names)}" if names else "no header line of names"
+            raise InputFileError(self._path, f"has no time column {column!r} ({have})")
+        return names.index(column)
+
+    def _find_rate(self, rate: int | None) -> int:
+        """The configured rate, or the one the time column's first rows give."""
+        if self._time is None or rate is not None:
+            if rate is None:
+                raise ConfigError(
+                    "is required for .csv input without a time column "
+                    "(the file holds no sample rate; or set source.time_column)",
+                    key="source.rate",
+                )
+            return rate
+        lines = list(itertools.islice(self._lines(), _RATE_ROWS))
+        times = self._parse(lines, self._skip + 1)[:, self._time]
+        self.rewind()
+        if times.size < 2:
+            raise InputFileError(
+                self._path, "has a single row: its time column gives no rate (set source.rate)"
+            )
+        # Over the first rows, not one step, since timestamps written with few decimals
+        # jitter; the median step counts the periods between them, so that a missing row
+        # is reported by the grid check instead of skewing the rate.
+        steps = np.diff(times)
+        span = float(times[-1] - times[0])
+        median = float(np.median(steps))
+        periods = float(np.round(steps / median).sum()) if median > 0 else 0.0
+        found = round(periods / span) if span > 0 and periods > 0 else 0
+        if not 1 <= found <= 768_000:
+            raise InputFileError(
+                self._path,
+                f"the time column does not increase from its first rows "
+                f"({float(times[0])!r} to {float(times[-1])!r} over {times.size} rows)",
+            )
+        return found
 
     def _lines(self) -> Iterator[str]:
         # Not `yield from self._fh`: closing this generator early would close the file.
@@ -262,10 +364,33 @@ class _CsvReader:
                 break
             self._line += len(lines)
             rows = self._parse(lines, start_line)
-            # COPY: parsed text into the block's own float32 buffer
-            out[:, k : k + rows.shape[0]] = rows.T
+            if self._time is not None:
+                self._check_times(rows[:, self._time], lines, start_line)
+                # COPY: the channels without the time column, into the block's own buffer
+                out[:, k : k + rows.shape[0]] = rows[:, self._data_cols].T
+            else:
+                # COPY: parsed text into the block's own float32 buffer
+                out[:, k : k + rows.shape[0]] = rows.T
             k += rows.shape[0]
+            self._row += rows.shape[0]
         return k
+
+    def _check_times(
+        self, times: npt.NDArray[np.float64], lines: list[str], start_line: int
+    ) -> None:
+        """Refuse the first row whose time is off the grid ``t_first + row / rate``."""
+        rows = self._row + np.arange(times.size)
+        expected = self._t_first + rows / self.rate
+        off = np.flatnonzero(np.abs(times - expected) > self._tolerance / self.rate)
+        if off.size == 0:
+            return
+        i = int(off[0])
+        data_lines = [n for n, line in enumerate(lines, start=start_line) if line.strip()]
+        raise InputFileError(
+            self._path,
+            f"row {int(rows[i]) + 1} (line {data_lines[i]}): time {float(times[i])!r} is not "
+            f"evenly spaced (expected {expected[i]:.9g} at {self.rate} Hz)",
+        )
 
     def _parse(self, lines: list[str], start_line: int) -> npt.NDArray[np.float64]:
         """Parse rows (blank lines skipped); a bad row raises with its line number."""
@@ -273,8 +398,8 @@ class _CsvReader:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
                 rows = np.loadtxt(lines, delimiter=",", ndmin=2, dtype=np.float64)
-            if rows.shape[0] == 0 or rows.shape[1] == self.channels:
-                return rows.reshape(-1, self.channels)
+            if rows.shape[0] == 0 or rows.shape[1] == self._width:
+                return rows.reshape(-1, self._width)
         except ValueError:
             pass
         # Slow path, only on a bad chunk: find the first bad line for the message
@@ -287,10 +412,10 @@ class _CsvReader:
                 raise InputFileError(
                     self._path, f"line {lineno}: not a row of numbers: {line.strip()[:60]!r}"
                 )
-            if len(row) != self.channels:
+            if len(row) != self._width:
                 raise InputFileError(
                     self._path,
-                    f"line {lineno}: holds {len(row)} values, expected {self.channels}",
+                    f"line {lineno}: holds {len(row)} values, expected {self._width}",
                 )
         end_line = start_line + len(lines) - 1
         raise InputFileError(self._path, f"lines {start_line}-{end_line}: cannot be parsed")
@@ -300,6 +425,7 @@ class _CsvReader:
         for _ in itertools.islice(self._lines(), self._skip):
             pass
         self._line = self._skip  # lines consumed so far
+        self._row = 0  # data rows consumed so far
 
     def close(self) -> None:
         self._fh.close()
@@ -342,13 +468,15 @@ class FileSource:
         self.stream = stream
         path = Path(cfg.path)
         self.path = path
-        self._reader = self._open(path, cfg.rate)
+        self._reader = self._open(path, cfg)
+        self.metadata: Mapping[str, Any] = self._reader.metadata
         self.layout = StreamLayout(self._reader.channels, self._reader.rate)
         self.live = False
         self.total_frames: int | None = None if cfg.loop else self._reader.frames
 
     @staticmethod
-    def _open(path: Path, rate: int | None) -> _Reader:
+    def _open(path: Path, cfg: FileSourceConfig) -> _Reader:
+        rate = cfg.rate
         try:
             st = path.stat()
         except FileNotFoundError as e:
@@ -362,13 +490,20 @@ class FileSource:
         suffix = path.suffix.lower()
         if suffix in SIGMF_SUFFIXES:
             return _SigmfReader(path, rate)
-        if suffix in (".npy", ".csv"):
+        if cfg.time_column is not None and suffix != ".csv":
+            raise ConfigError(
+                f"applies to .csv input only, not {suffix or 'this'} input",
+                key="source.time_column",
+            )
+        if suffix == ".csv":
+            return _CsvReader(path, rate, cfg.time_column, cfg.time_tolerance)
+        if suffix == ".npy":
             if rate is None:
                 raise ConfigError(
-                    f"is required for {suffix} input (the file holds no sample rate)",
+                    "is required for .npy input (the file holds no sample rate)",
                     key="source.rate",
                 )
-            return _NpyReader(path, rate) if suffix == ".npy" else _CsvReader(path, rate)
+            return _NpyReader(path, rate)
         return _AudioReader(path, rate)
 
     def blocks(self, block_size: int, stop: threading.Event) -> Iterator[Block]:

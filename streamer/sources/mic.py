@@ -27,6 +27,7 @@ from streamer.block import Block, StreamLayout
 from streamer.config import MicSourceConfig
 from streamer.devices import find_device, import_sounddevice
 from streamer.errors import DeviceError
+from streamer.sources.base import NO_METADATA
 
 __all__ = ["MicSource"]
 
@@ -56,6 +57,7 @@ class MicSource:
 
     live = True
     total_frames: int | None = None
+    metadata = NO_METADATA
 
     def __init__(self, cfg: MicSourceConfig, stream: str):
         self._cfg = cfg

@@ -15,7 +15,7 @@ import scipy.signal as sp_signal
 from streamer.block import Block, StreamLayout
 from streamer.config import SynthSourceConfig
 from streamer.errors import ConfigError
-from streamer.sources.base import Pacer
+from streamer.sources.base import NO_METADATA, Pacer
 
 __all__ = ["ANOMALIES", "SEGMENT", "SynthSource", "anomaly_schedule"]
 
@@ -366,6 +366,7 @@ class SynthSource:
         self.stream = stream
         self.layout = StreamLayout(cfg.channels, cfg.rate)
         self.live = cfg.realtime
+        self.metadata = NO_METADATA
         self.total_frames: int | None = (
             None if cfg.duration_s is None else round(cfg.duration_s * cfg.rate)
         )

@@ -25,6 +25,7 @@ from streamer.block import Block, StreamLayout
 from streamer.config import ZmqSourceConfig
 from streamer.errors import ConfigError, WireFormatError
 from streamer.security import secure_client
+from streamer.sources.base import NO_METADATA
 from streamer.wire import decode
 
 __all__ = ["ZmqSource"]
@@ -53,6 +54,7 @@ class ZmqSource:
 
     live = True
     total_frames: int | None = None
+    metadata = NO_METADATA
 
     def __init__(self, cfg: ZmqSourceConfig, stream: str):
         self._cfg = cfg

@@ -14,9 +14,13 @@ import numpy.typing as npt
 import pytest
 import soundfile as sf
 
-from streamer.config import FileSourceConfig
+from streamer.config import FileSourceConfig, parse_config
 from streamer.errors import ConfigError, InputFileError
+from streamer.pipeline import build_pipeline
 from streamer.sources import FileSource, open_source
+
+from ..conftest import free_tcp_endpoint
+from ..helpers.collector import Collector
 
 F32 = npt.NDArray[np.float32]
 
@@ -362,7 +366,13 @@ def test_npz_refused(tmp_path: Path, source: Any) -> None:
         source(path, rate=10)
 
 
-def write_sigmf(folder: Path, data: np.ndarray, datatype: str, rate: int = 10_000) -> Path:
+def write_sigmf(
+    folder: Path,
+    data: np.ndarray,
+    datatype: str,
+    rate: int = 10_000,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """A SigMF recording written with the sigmf package: (frames, channels) data."""
     import sigmf
     from sigmf import SigMFFile
@@ -375,6 +385,7 @@ def write_sigmf(folder: Path, data: np.ndarray, datatype: str, rate: int = 10_00
             sigmf.DATATYPE_KEY: datatype,
             sigmf.SAMPLE_RATE_KEY: rate,
             sigmf.NUM_CHANNELS_KEY: data.shape[1] if data.ndim == 2 else 1,
+            **(extra or {}),
         },
     )
     meta.add_capture(0, metadata={})
@@ -408,3 +419,144 @@ def test_sigmf_integers_are_scaled_and_complex_is_refused(tmp_path: Path) -> Non
         FileSource(FileSourceConfig(path=meta), "s")
     with pytest.raises(InputFileError, match=r"sample rate is 10000 Hz but source.rate asks"):
         FileSource(FileSourceConfig(path=int_meta, rate=8000), "s")
+
+
+# ---------------------------------------------------------------- csv time column
+
+
+def write_timed_csv(path: Path, data: np.ndarray, rate: float, *, decimals: int = 9) -> None:
+    """A .csv with a header, a time column first (written with ``decimals``), then channels."""
+    times = np.arange(data.shape[0]) / rate
+    lines = ["time_s,ax,ay"]
+    lines += [f"{t:.{decimals}f}," + ",".join(repr(float(v)) for v in row)
+              for t, row in zip(times, data, strict=True)]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("column", ["time_s", 0])
+def test_csv_time_column_gives_the_rate_and_is_not_a_channel(
+    tmp_path: Path, source: Any, column: str | int
+) -> None:
+    data = np.random.default_rng(5).standard_normal((3000, 2))
+    path = tmp_path / "x.csv"
+    write_timed_csv(path, data, 25_600, decimals=6)  # 1 µs resolution: jitter of 1/39 step
+    src = source(path, time_column=column)
+    assert (src.layout.channels, src.layout.rate) == (2, 25_600)
+    assert dict(src.metadata) == {
+        "file": "x.csv", "channel_names": ["ax", "ay"], "time_column": "time_s"
+    }  # fmt: skip
+    for size in (1, 700, 4096):
+        np.testing.assert_array_equal(read_all(src, size), data.T.astype(np.float32))
+    assert source(path, time_column=column, rate=25_600).layout.rate == 25_600
+
+
+def test_csv_time_column_unevenly_spaced_is_refused_naming_the_row(
+    tmp_path: Path, source: Any
+) -> None:
+    data = np.zeros((2000, 2))
+    path = tmp_path / "x.csv"
+    write_timed_csv(path, data, 1000)
+    lines = path.read_text().splitlines()
+    lines[1501] = "1.5003," + lines[1501].split(",", 1)[1]  # row 1501 is 0.3 periods late
+    path.write_text("\n".join(lines) + "\n")
+    src = source(path, time_column="time_s")
+    with pytest.raises(
+        InputFileError,
+        match=r"x\.csv: row 1501 \(line 1502\): time 1\.5003 is not evenly spaced "
+        r"\(expected 1\.5 at 1000 Hz\)",
+    ):
+        read_all(src, 256)
+    del lines[1001]  # a missing row shifts every later time by a period
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputFileError, match=r"row 1001 \(line 1002\): time 1\.001 "):
+        read_all(source(path, time_column="time_s"), 256)
+
+
+def test_csv_time_column_against_the_configured_rate(tmp_path: Path, source: Any) -> None:
+    path = tmp_path / "x.csv"
+    write_timed_csv(path, np.zeros((100, 2)), 1000)
+    with pytest.raises(InputFileError, match=r"row 2 \(line 3\): time 0\.001.* at 2000 Hz"):
+        read_all(source(path, time_column=0, rate=2000), 64)
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "error", "match"),
+    [
+        ("a,b\n1,2\n", "t", InputFileError, r"x\.csv: has no time column 't' \(columns: a, b\)"),
+        ("1,2\n3,4\n", "t", InputFileError, r"has no time column 't' \(no header line"),
+        ("1,2\n3,4\n", 2, InputFileError, r"has 2 columns, so no time column 2"),
+        ("t\n0\n0.1\n", "t", InputFileError, r"holds only its time column"),
+        ("t,a\n0,1\n", "t", InputFileError, r"has a single row: .* \(set source\.rate\)"),
+        ("t,a\n0,1\n0,2\n", "t", InputFileError, r"the time column does not increase"),
+    ],
+)
+def test_csv_bad_time_column(
+    tmp_path: Path, source: Any, text: str, column: str | int, error: type, match: str
+) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text(text)
+    with pytest.raises(error, match=match):
+        source(path, time_column=column)
+
+
+def test_time_column_is_for_csv_only(tmp_path: Path, source: Any) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros(4))
+    with pytest.raises(ConfigError, match=r"source\.time_column: applies to \.csv input only"):
+        source(path, rate=10, time_column=0)
+
+
+SENSOR_EXT = {"name": "sensor", "version": "0.1.0", "optional": True}
+
+
+def test_sigmf_channel_names_and_units_become_metadata(tmp_path: Path) -> None:
+    data = np.zeros((100, 2), np.float32)
+    meta = write_sigmf(
+        tmp_path, data, "rf32_le",
+        extra={"core:extensions": [SENSOR_EXT], "core:description": "pump 1",
+               "sensor:channel_names": ["x", "y"], "sensor:units": "g"},
+    )  # fmt: skip
+    source = FileSource(FileSourceConfig(path=meta), "s")
+    source.close()
+    assert dict(source.metadata) == {
+        "file": "rec.sigmf-meta", "description": "pump 1", "channel_names": ["x", "y"],
+        "units": ["g", "g"],
+    }  # fmt: skip
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    meta = write_sigmf(
+        bad, data, "rf32_le", extra={"core:extensions": [SENSOR_EXT], "sensor:units": ["g"]}
+    )
+    with pytest.raises(InputFileError, match=r"sensor:units must be a list of 2 strings"):
+        FileSource(FileSourceConfig(path=meta), "s")
+
+
+def test_file_metadata_goes_out_in_audio_and_status_headers(tmp_path: Path) -> None:
+    """A real PUB socket on loopback: ``meta`` rides in audio and status headers."""
+    path = tmp_path / "pump.csv"
+    write_timed_csv(path, np.zeros((4000, 2)), 2000)
+    endpoint = free_tcp_endpoint()
+    cfg = parse_config(
+        {"stream": "pump", "stages": [],
+         "source": {"kind": "file", "path": str(path), "time_column": "time_s",
+                    "realtime": True},
+         "pipeline": {"block": 100}, "publish": {"endpoint": endpoint}},
+        environ={},
+    )  # fmt: skip
+    collector = Collector(endpoint)
+    pipeline = build_pipeline(cfg, publish=True)
+    assert pipeline.publisher is not None
+    try:
+        pipeline.start()
+        want = {"file": "pump.csv", "channel_names": ["ax", "ay"], "time_column": "time_s"}
+        collector.wait_for("audio", lambda: len(collector.of("audio")) > 2)
+        pipeline.publisher.publish_status(pipeline.snapshot())
+        collector.wait_for("status", lambda: bool(collector.of("status")))
+    finally:
+        pipeline.request_stop()
+        pipeline.wait(10)
+        pipeline.close()
+        collector.close()
+    assert all(m.header["meta"] == want for m in collector.of("audio"))
+    assert collector.of("status")[0].header["meta"] == want
+    assert all("meta" not in m.header for m in collector.of("metrics"))
