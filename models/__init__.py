@@ -1,0 +1,1 @@
+"""Trained weights and their model cards, installed with streamer as ``streamer.models``."""
