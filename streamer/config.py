@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -383,6 +384,31 @@ class AnomalyConfig(_Model):
     spectrum_rate_hz: float = Field(
         0.0, ge=0, le=1000, description="Band spectra on spectrum/STREAM per second; 0 = off."
     )
+    model: str | None = Field(
+        None,
+        description="A learned model of normal operation: a shipped name ('demo-pump') or an "
+        ".npz from tools/train_anomaly.py; its reconstruction error joins the detectors as "
+        "'learned', on frames of the model's own length. The stream's rate must be the "
+        "model's.",
+    )
+    model_z: float | None = Field(
+        None,
+        gt=0,
+        description="Threshold of the learned detector, in held-out standard deviations of its "
+        "error; unset: the model card's.",
+    )
+    classical: bool = Field(
+        True, description="Run the classical detectors; false leaves the learned model alone."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _resolve_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A model file given by path is relative to the config file's folder."""
+        if value is None or not (value.endswith(".npz") or "/" in value):
+            return value
+        resolved = _resolve_path(Path(value), info)
+        return None if resolved is None else str(resolved)
 
     @model_validator(mode="after")
     def _check_bands(self) -> Self:
@@ -401,6 +427,8 @@ class AnomalyConfig(_Model):
             raise ValueError("bands_hz needs bands = 'explicit'")
         if self.fmax_hz is not None and self.fmax_hz <= self.fmin_hz:
             raise ValueError(f"fmax_hz {self.fmax_hz} must be above fmin_hz {self.fmin_hz}")
+        if not self.classical and self.model is None:
+            raise ValueError("classical = false needs a learned model (model = ...)")
         return self
 
 

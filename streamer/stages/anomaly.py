@@ -14,11 +14,12 @@ from streamer.block import Annotation, Block, StreamLayout
 from streamer.config import AnomalyConfig
 from streamer.dsp.stft import StreamingSTFT
 from streamer.errors import ConfigError
+from streamer.stages.anomaly_model import AnomalyModel, LearnedScorer, model_path
 
 __all__ = ["DETECTORS", "AnomalyStage", "EventTracker", "band_edges"]
 
 F64 = npt.NDArray[np.float64]
-Detector = Literal["dropout", "impulsive", "tonal", "broadband", "band_level"]
+Detector = Literal["dropout", "impulsive", "tonal", "broadband", "band_level", "learned"]
 
 # Labelling priority: the most specific explanation among the detectors at or above
 # the on threshold names the event (a whistle also lifts its band's level, a click
@@ -29,8 +30,9 @@ DETECTORS: Final[tuple[Detector, ...]] = (
     "tonal",
     "broadband",
     "band_level",
+    "learned",
 )
-_DROPOUT, _IMPULSIVE, _TONAL, _BROADBAND, _LEVEL = range(5)
+_DROPOUT, _IMPULSIVE, _TONAL, _BROADBAND, _LEVEL, _LEARNED = range(6)
 _PRIORITY: Final[dict[Detector, int]] = {d: i for i, d in enumerate(DETECTORS)}
 # Column of each detector's score ("broadband" events continue on the band-level score).
 _INDEX: Final[dict[Detector, int]] = _PRIORITY | {"broadband": _LEVEL}
@@ -108,6 +110,22 @@ def band_edges(cfg: AnomalyConfig, rate: int) -> F64:
         )
     e = np.geomspace(cfg.fmin_hz, fmax, cfg.n_bands + 1)
     return np.stack([e[:-1], e[1:]], axis=1)
+
+
+def _load_model(name: str, layout: StreamLayout, key: str) -> AnomalyModel:
+    """The learned model ``name`` (shipped or a file), checked against the stream's rate."""
+    path = model_path(name)
+    try:
+        model = AnomalyModel.load(path)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}", key=key) from exc
+    if model.rate != layout.rate:
+        raise ConfigError(
+            f"model {name!r} was trained at {model.rate} Hz but the stream is {layout.rate} Hz: "
+            f"put a resample stage before it",
+            key=key,
+        )
+    return model
 
 
 @dataclass(slots=True)
@@ -270,7 +288,13 @@ class AnomalyStage:
         n = 2 * max(4, round(cfg.frame_ms * rate / 2000))  # even, >= 8
         self.n_fft: int = n
         self.hop: int = max(1, n // cfg.hop_ratio)
+        self._learned_scorer: LearnedScorer | None = None
         self.detection_delay: int = n
+        if cfg.model is not None:
+            model = _load_model(cfg.model, layout, f"{key}.model")
+            z = cfg.model_z if cfg.model_z is not None else float(model.card["threshold_z"])
+            self._learned_scorer = LearnedScorer(model, ch, z)
+            self.detection_delay = max(n, model.n_fft)
         try:
             self._stft = StreamingSTFT(n, self.hop, ch, cfg.window)
         except ValueError as exc:
@@ -349,8 +373,9 @@ class AnomalyStage:
         self._prev_band_db = np.zeros((ch, n_bands))
         self._flux = np.zeros(ch)  # largest spectral flux since the last spectrum message
         self._band_score = np.zeros((ch, n_bands))
-        self._scores = np.zeros((ch, 5))
-        self._fired = np.zeros((ch, 5), dtype=bool)  # detectors seen during a pending onset
+        self._scores = np.zeros((ch, len(DETECTORS)))
+        # Detectors seen at or above the threshold during a pending onset.
+        self._fired = np.zeros((ch, len(DETECTORS)), dtype=bool)
         self._white_gain = np.zeros((ch, n_bins))
         in_range = np.zeros(n_bins)
         in_range[self._bins] = 1.0
@@ -365,6 +390,8 @@ class AnomalyStage:
     def reset(self) -> None:
         """Forget the stream: the baseline, open events and the STFT history."""
         self._stft.reset()
+        if self._learned_scorer is not None:
+            self._learned_scorer.reset()
         for arr in (
             self._smooth,
             self._mu_bin,
@@ -420,6 +447,8 @@ class AnomalyStage:
         else:
             self._origin += block.t0 - self._next_t0
         self._next_t0 = block.t0 + block.frames
+        if self._learned_scorer is not None:
+            self._learned_scorer.feed(block.samples)
         spectra = self._stft.process(block.samples)
         count = spectra.shape[1]
         if count == 0:
@@ -517,6 +546,11 @@ class AnomalyStage:
         tonal = narrow / np.maximum(z * sd_bin, cfg.tonal_db)
         peak_bin = tonal.argmax(axis=1)
         scores[:, _TONAL] = tonal[np.arange(tonal.shape[0]), peak_bin]
+        if self._learned_scorer is not None:
+            if not cfg.classical:
+                scores[...] = 0.0
+            # The model's newest frame ended by this frame's last sample.
+            scores[:, _LEARNED] = self._learned_scorer.score_at(k * self.hop + self.n_fft)
         score = scores.max(axis=1)
 
         learn = np.ones(score.shape, dtype=bool)
@@ -654,7 +688,7 @@ class AnomalyStage:
         fired = s >= self.cfg.on_threshold
         if pending:
             fired |= self._fired[c]
-        for i in (_DROPOUT, _IMPULSIVE, _TONAL, _BROADBAND, _LEVEL):
+        for i in (_DROPOUT, _IMPULSIVE, _TONAL, _BROADBAND, _LEVEL, _LEARNED):
             if fired[i]:
                 return DETECTORS[i]
         return DETECTORS[int(np.argmax(s))]
@@ -668,6 +702,9 @@ class AnomalyStage:
         elif detector == "broadband":
             band = self._all_band
             peak_hz = self._bin_hz(int(np.argmax(rise)), rise)
+        elif detector == "learned" and self._learned_scorer is not None:
+            # The feature band the model reconstructs worst; its centre as the peak.
+            band, peak_hz = self._learned_scorer.band(c)
         elif detector == "tonal":
             peak_hz = self._bin_hz(int(peak_bin), self._log_spec[c, self._bins])
             b = int(self._bin_band[self._bins.start + int(peak_bin)])
