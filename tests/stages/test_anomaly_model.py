@@ -4,6 +4,7 @@ block-split invariance in the stage, what it finds on the demo pump, and its con
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -12,8 +13,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+import soundfile
 
 from streamer.block import Block, StreamLayout
+from streamer.cli import main
 from streamer.config import AnomalyConfig, parse_config
 from streamer.dsp.mel import mel_edges, mel_filterbank
 from streamer.dsp.stft import frames
@@ -160,3 +163,17 @@ def test_config_resolves_model_files_and_needs_one_without_the_classical_detecto
     assert cfg.stages[0].model == str(tmp_path / "mine.npz")  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match=r"classical = false needs a learned model"):
         parse_config({"stages": [{"kind": "anomaly", "classical": False}]}, path=path)
+
+
+def test_replay_with_the_example_config_writes_learned_events(tmp_path: Path) -> None:
+    """config/anomaly-pump.toml on a recording of the pump running 5 % fast for a while."""
+    x, (start, end) = pump("speed", 4, 12.0)
+    soundfile.write(tmp_path / "pump.wav", x[0], RATE, subtype="FLOAT")
+    events = tmp_path / "events.jsonl"
+    cfg = ROOT / "config" / "anomaly-pump.toml"
+    argv = ["replay", str(tmp_path / "pump.wav"), "--config", str(cfg), "--events", str(events)]
+    assert main(argv) == 0
+    found = [json.loads(line) for line in events.read_text().splitlines()]
+    onsets = [f for f in found if f["state"] == "onset"]
+    assert [f["detector"] for f in onsets] == ["learned"]
+    assert start <= onsets[0]["detected_s"] <= end
