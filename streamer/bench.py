@@ -122,13 +122,11 @@ class _TimingRecorder:
 
     def __init__(self, wanted: int) -> None:
         self.timings: list[BlockTiming] = []
-        self.frames = 0
         self.enough = threading.Event()
         self._wanted = wanted
 
     def consume(self, block: Block, timing: BlockTiming) -> None:
         self.timings.append(timing)
-        self.frames += block.frames
         if len(self.timings) >= self._wanted:
             self.enough.set()
 
@@ -255,16 +253,16 @@ def measure_processing(
     total_ns = np.array([t.processing_ns for t in kept], dtype=np.int64)
     per_stage = np.array([t.stage_ns for t in kept], dtype=np.int64).reshape(len(kept), -1)
     periods = np.array([t.period_ns for t in kept], dtype=np.int64)
-    signal_s = sum(rec.frames for _, rec in runs) / rate
-    algorithmic = block + sum(s.latency for s in runs[0][0].stages)
+    # Source frames (the pipeline's metrics count those, whatever a resample makes of them).
+    signal_s = sum(pipeline.metrics.frames for pipeline, _ in runs) / rate
     return BenchPoint(
         block=block,
         rate=rate,
         streams=streams,
         backend="numpy",
         period_ms=block / rate * 1e3,
-        algorithmic_latency_samples=algorithmic,
-        algorithmic_latency_ms=algorithmic / rate * 1e3,
+        algorithmic_latency_samples=runs[0][0].algorithmic_latency,
+        algorithmic_latency_ms=runs[0][0].algorithmic_latency_s * 1e3,
         blocks_measured=len(kept),
         processing_ms=_percentiles_ms(total_ns),
         stages_ms={name: _percentiles_ms(per_stage[:, i]) for i, name in enumerate(stage_names)},

@@ -45,6 +45,7 @@ __all__ = [
     "PipelineConfig",
     "PrometheusConfig",
     "PublishConfig",
+    "ResampleConfig",
     "SourceConfig",
     "StageConfig",
     "SynthSourceConfig",
@@ -432,7 +433,27 @@ class AnomalyConfig(_Model):
         return self
 
 
-StageConfig = Annotated[FirConfig | AnomalyConfig, Field(discriminator="kind")]
+class ResampleConfig(_Model):
+    """A sample-rate change by a polyphase FIR (scipy's resample_poly design), streamed exactly."""
+
+    kind: Literal["resample"] = "resample"
+    name: str | None = Field(None, description="Label in metrics; defaults to the kind.")
+    rate: int = Field(..., ge=1, le=768_000, description="Output sample rate, Hz.")
+    window: str | tuple[str, float] = Field(
+        ("kaiser", 5.0),
+        description="firwin window of the anti-aliasing filter, as scipy.signal.resample_poly "
+        'uses: a name, or [name, parameter] such as ["kaiser", 5.0].',
+    )
+    half_taps: int = Field(
+        10,
+        ge=1,
+        le=100,
+        description="Filter half-length per max(up, down) (resample_poly uses 10): longer is "
+        "steeper and adds latency.",
+    )
+
+
+StageConfig = Annotated[FirConfig | AnomalyConfig | ResampleConfig, Field(discriminator="kind")]
 
 # ----------------------------------------------------------- pipeline and sinks
 
@@ -586,7 +607,7 @@ class Config(_Model):
 # ------------------------------------------------------------------- loading
 
 
-_UNION_TAGS = frozenset({"synth", "file", "mic", "zmq", "fir", "anomaly"})
+_UNION_TAGS = frozenset({"synth", "file", "mic", "zmq", "fir", "anomaly", "resample"})
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

@@ -20,12 +20,14 @@ import queue
 import threading
 import time
 from contextlib import ExitStack
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from streamer.block import Block
+from streamer.block import Block, StreamLayout
 from streamer.config import Config
+from streamer.errors import ConfigError
 from streamer.metrics import BlockTiming, StreamMetrics
 from streamer.sinks.base import Sink
 from streamer.sinks.event_audio import EventClipper
@@ -34,7 +36,7 @@ from streamer.sinks.publisher import Publisher
 from streamer.sinks.speaker import SpeakerMonitor
 from streamer.sinks.wav import WavWriter
 from streamer.sources import Source, open_source
-from streamer.stages import Stage, build_stages
+from streamer.stages import Stage, build_stages, chain_latency_s, chain_layouts
 
 __all__ = ["Pipeline", "build_pipeline"]
 
@@ -48,6 +50,11 @@ class Pipeline:
     Use ``start()``, then ``wait()`` until ``done`` (the source ended, a stop
     was requested and the queue drained, or something failed: see ``error``),
     then ``close()``.
+
+    ``out_layout`` is the layout the stages output (the source's unless a stage
+    changes it, a resample): the sinks must be built for it. Metrics count the
+    source's frames at its rate; a block's period and deadline are those of the
+    block the source gave.
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class Pipeline:
         self.sinks = sinks
         self.metrics = metrics
         self.publisher = publisher
+        self.out_layout: StreamLayout = chain_layouts(stages, source.layout)[-1]
         self.error: BaseException | None = None
         self.done = threading.Event()
         self._stop = threading.Event()
@@ -80,10 +88,21 @@ class Pipeline:
             threading.Thread(target=self._processing_loop, name="processing", daemon=True),
         ]
 
+    def _latency(self) -> Fraction:
+        layout = self.source.layout
+        return Fraction(self.cfg.pipeline.block, layout.rate) + chain_latency_s(self.stages, layout)
+
+    @property
+    def algorithmic_latency_s(self) -> float:
+        """The block's period plus every stage's declared latency, seconds; each stage
+        declares its own in samples at its input rate, which a resample before it changed."""
+        return float(self._latency())
+
     @property
     def algorithmic_latency(self) -> int:
-        """Block size plus every stage's declared latency, samples."""
-        return self.cfg.pipeline.block + sum(stage.latency for stage in self.stages)
+        """`algorithmic_latency_s` in samples at the source rate, rounded up (exactly the
+        block plus the stages' latencies when no stage changes the rate)."""
+        return math.ceil(self._latency() * self.source.layout.rate)
 
     @property
     def queue_depth(self) -> int:
@@ -99,7 +118,21 @@ class Pipeline:
 
         Safe from any thread: the processing thread picks the new chain up
         before its next block.
+
+        Raises
+        ------
+        ConfigError
+            The new chain outputs another layout (a resample to another rate): the
+            sinks were opened for this one, so that waits for a restart.
         """
+        out = chain_layouts(stages, self.source.layout)[-1]
+        if out != self.out_layout:
+            raise ConfigError(
+                f"the stages would output {out.channels} ch at {out.rate} Hz, the sinks were "
+                f"opened for {self.out_layout.channels} ch at {self.out_layout.rate} Hz; "
+                "that applies at the next restart",
+                key="stages",
+            )
         with self._pending_lock:
             self._pending_stages = stages
 
@@ -128,6 +161,7 @@ class Pipeline:
         reports it)."""
         snap = self.metrics.snapshot(queue_depth=self.queue_depth)
         snap["algorithmic_latency_samples"] = self.algorithmic_latency
+        snap["algorithmic_latency_ms"] = round(self.algorithmic_latency_s * 1e3, 4)
         snap["source"] = self.source.health()
         signal_s = snap["signal_s"]
         cpu_s = time.process_time() - self._cpu_start_s
@@ -205,6 +239,9 @@ class Pipeline:
         start_ns = time.perf_counter_ns()
         queue_ns = time.monotonic_ns() - block.captured_ns
         nonfinite = _sanitise(block)
+        # The source's block sets the period and counts in metrics (a resample changes both
+        # its frames and its rate, not the time it covers).
+        frames, period_ns = block.frames, block.frames * 1_000_000_000 // block.rate
         for i, stage in enumerate(self.stages):
             t_ns = time.perf_counter_ns()
             try:
@@ -219,11 +256,11 @@ class Pipeline:
             queue_ns=queue_ns,
             processing_ns=time.perf_counter_ns() - start_ns,
             stage_ns=tuple(self._stage_ns),
-            period_ns=block.frames * 1_000_000_000 // block.rate,
+            period_ns=period_ns,
             nonfinite=nonfinite,
             stage_names=self._stage_names,
         )
-        self.metrics.record_block(block.frames, timing)
+        self.metrics.record_block(frames, timing)
         for sink in self.sinks:
             sink.consume(block, timing)
 
@@ -267,9 +304,11 @@ def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
         stages = build_stages(cfg.stages, source.layout, block=cfg.pipeline.block)
         names = [stage.name for stage in stages]
         metrics = StreamMetrics(cfg.stream, source.layout.rate, names, cfg.pipeline.block)
+        # The sinks take what the last stage outputs: another rate after a resample.
+        out_layout = chain_layouts(stages, source.layout)[-1]
         sinks: list[Sink] = []
         if cfg.output.wav is not None:
-            wav = WavWriter(cfg.output.wav, source.layout, metrics, lossless=not source.live)
+            wav = WavWriter(cfg.output.wav, out_layout, metrics, lossless=not source.live)
             cleanup.callback(wav.close)
             sinks.append(wav)
         if (events_path := cfg.output.events) is not None:
@@ -277,8 +316,8 @@ def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
             clipper = None
             if out.event_audio:
                 clipper = EventClipper(
-                    source.layout.channels,
-                    source.layout.rate,
+                    out_layout.channels,
+                    out_layout.rate,
                     pre_roll_s=out.event_pre_roll_s,
                     post_roll_s=out.event_post_roll_s,
                     max_s=out.event_max_s,
@@ -289,7 +328,8 @@ def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
             cleanup.callback(events.close)
             sinks.append(events)
         if cfg.output.monitor:
-            monitor = SpeakerMonitor(cfg.output, source.layout, metrics, cfg.pipeline.block)
+            out_block = -(-cfg.pipeline.block * out_layout.rate // source.layout.rate)
+            monitor = SpeakerMonitor(cfg.output, out_layout, metrics, out_block)
             cleanup.callback(monitor.close)
             sinks.append(monitor)
         publisher = None

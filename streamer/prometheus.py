@@ -84,7 +84,7 @@ class PipelineCollector(Collector):
             "Block plus the stages' declared latencies.",
             labels=["stream"],
         )
-        algo.add_metric([stream], snap["algorithmic_latency_samples"] / metrics.rate)
+        algo.add_metric([stream], pipeline.algorithmic_latency_s)
         yield algo
         for name, doc, hist in (
             ("processing", "Processing time per block.", metrics.processing),

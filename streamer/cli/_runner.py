@@ -18,6 +18,7 @@ from streamer.config import Config
 from streamer.errors import ConfigError, InputFileError, StreamerError
 from streamer.metrics import status_line
 from streamer.pipeline import Pipeline, build_pipeline
+from streamer.stages import chain_layouts
 
 __all__ = ["build", "drive", "summary_lines"]
 
@@ -122,8 +123,10 @@ def summary_lines(pipeline: Pipeline, wall_s: float) -> list[str]:
     signal_s = snap["signal_s"]
     speed = f"{signal_s / wall_s:.1f}x real time" if wall_s > 0 else "-"
     proc = snap["processing_ms"]
+    out = pipeline.out_layout
+    resampled = f", out at {out.rate} Hz" if out.rate != layout.rate else ""
     lines = [
-        f"{signal_s:.2f} s of audio ({layout.rate} Hz, {layout.channels} ch) in "
+        f"{signal_s:.2f} s of audio ({layout.rate} Hz, {layout.channels} ch{resampled}) in "
         f"{snap['blocks']} blocks of {block} in {wall_s:.2f} s ({speed}, RTF {snap['rtf']})",
         f"processing per block: p50 {proc['p50']} ms  p99 {proc['p99']} ms  max {proc['max']} ms  "
         f"(period {period_ms:.2f} ms, {snap['deadline_misses']} deadline misses)",
@@ -132,11 +135,14 @@ def summary_lines(pipeline: Pipeline, wall_s: float) -> list[str]:
         lines.append(
             f"  {name}: p50 {stage['p50']} ms  p99 {stage['p99']} ms  max {stage['max']} ms"
         )
-    algo = pipeline.algorithmic_latency
+    # Each stage's latency is in samples at its own input rate, said where not the source's.
+    terms = [f" + {s.name} {s.latency}" for s in pipeline.stages]
+    for i, into in enumerate(chain_layouts(pipeline.stages, layout)[:-1]):
+        if into.rate != layout.rate:
+            terms[i] += f" at {into.rate} Hz"
     lines.append(
-        f"algorithmic latency: {algo} samples ({algo / layout.rate * 1e3:.2f} ms: block {block}"
-        + "".join(f" + {s.name} {s.latency}" for s in pipeline.stages)
-        + ")"
+        f"algorithmic latency: {pipeline.algorithmic_latency} samples at {layout.rate} Hz "
+        f"({pipeline.algorithmic_latency_s * 1e3:.2f} ms: block {block}" + "".join(terms) + ")"
     )
     lines.append(
         f"dropped blocks: {snap['dropped_blocks']}  sink drops: {snap['sink_drops'] or 0}  "

@@ -18,7 +18,8 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="process a recorded file",
         description="Replay a recorded file (WAV/FLAC/OGG, or .npy/.csv with a rate in the "
         "config) through the pipeline, as fast as possible unless --realtime, and write the "
-        "processed audio as a float32 WAV of the same length and rate.",
+        "processed audio as a float32 WAV of the same duration, at the rate the stages "
+        "output (the input's unless a resample stage changes it).",
     )
     parser.add_argument("input", type=Path, help="the recording")
     parser.add_argument("--config", type=Path, help="TOML config (default: the embedded one)")

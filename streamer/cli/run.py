@@ -34,16 +34,17 @@ def handle(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     publish = cfg.publish.enabled is not False
     pipeline = build(cfg, args.config, publish=publish)
-    layout = pipeline.source.layout
+    layout, out = pipeline.source.layout, pipeline.out_layout
+    rates = f"{layout.rate} Hz" + (f" (out {out.rate} Hz)" if out.rate != layout.rate else "")
     log.info(
-        "[%s] %s source, %d Hz, %d ch, block %d, stages: %s; algorithmic latency %.2f ms",
+        "[%s] %s source, %s, %d ch, block %d, stages: %s; algorithmic latency %.2f ms",
         cfg.stream,
         cfg.source.kind,
-        layout.rate,
+        rates,
         layout.channels,
         cfg.pipeline.block,
         ", ".join(stage.name for stage in pipeline.stages) or "none",
-        pipeline.algorithmic_latency / layout.rate * 1e3,
+        pipeline.algorithmic_latency_s * 1e3,
     )
     if pipeline.publisher is not None:
         log.info("[%s] publishing on %s", cfg.stream, pipeline.publisher.endpoint)
@@ -74,6 +75,7 @@ def reload_config(pipeline: Pipeline, path: Path) -> None:
     try:
         new = load_config(path)
         stages = build_stages(new.stages, pipeline.source.layout, block=pipeline.cfg.pipeline.block)
+        pipeline.replace_stages(stages)  # refused if the output rate would change
     except StreamerError as exc:
         log.error("[%s] reload refused, keeping the running config: %s", name, exc)
         return
@@ -81,7 +83,6 @@ def reload_config(pipeline: Pipeline, path: Path) -> None:
     for section in ("stream", "source", "pipeline", "publish", "output"):
         if getattr(new, section) != getattr(old, section):
             log.warning("[%s] reload: [%s] changed; it applies at the next restart", name, section)
-    pipeline.replace_stages(stages)
     pipeline.cfg = old.model_copy(update={"stages": new.stages})
     log.info(
         "[%s] reloaded %s: stages %s",

@@ -16,11 +16,17 @@ class Stage(Protocol):
     derived constants and allocates all state; ``process`` then transforms one
     block at a time. Whatever the block sizes, the concatenated outputs equal
     the output of the whole signal processed at once (to float32 rounding).
+
+    A stage that changes the layout (a resample: another rate) also has an
+    ``out_layout: StreamLayout`` attribute, the layout of the blocks it returns;
+    the next stage and the sinks are built for that (`streamer.stages.chain_layouts`).
+    A stage without one returns blocks of the layout it was built for.
     """
 
     name: str
     latency: int
-    """Algorithmic latency, samples: how far output lags input by construction."""
+    """Algorithmic latency, samples at the stage's input rate: how far output lags input by
+    construction."""
 
     def process(self, block: Block) -> Block:
         """Transform one block (any number of frames, 0 included)."""
