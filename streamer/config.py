@@ -18,7 +18,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -48,9 +48,11 @@ __all__ = [
     "ResampleConfig",
     "SourceConfig",
     "StageConfig",
+    "StreamConfig",
     "SynthSourceConfig",
     "ZmqSourceConfig",
     "load_config",
+    "load_stream",
     "parse_config",
     "with_overrides",
 ]
@@ -588,12 +590,31 @@ def _default_stages() -> list[StageConfig]:
     return [FirConfig()]
 
 
+_STREAM_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class StreamConfig(_Model):
+    """One stream of a daemon that serves several (``[streams.NAME]``): what a
+    single-stream file says at top level, but for the socket and the metrics
+    endpoint, which the streams share."""
+
+    source: SourceConfig = Field(default_factory=SynthSourceConfig)
+    stages: list[StageConfig] = Field(default_factory=_default_stages)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+# The top-level sections that [streams.NAME] tables hold instead.
+_PER_STREAM: Final = tuple(StreamConfig.model_fields)
+
+
 class Config(_Model):
-    """One stream: its source, ordered stages, pipeline settings and sinks."""
+    """One stream: its source, ordered stages, pipeline settings and sinks; or, with
+    ``streams``, several, each with its own, sharing ``publish`` and ``prometheus``."""
 
     stream: str = Field(
         "main",
-        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        pattern=_STREAM_NAME,
         description="Stream name, used in wire topics (audio/NAME).",
     )
     source: SourceConfig = Field(default_factory=SynthSourceConfig)
@@ -602,6 +623,53 @@ class Config(_Model):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     prometheus: PrometheusConfig = Field(default_factory=PrometheusConfig)
+    streams: dict[Annotated[str, Field(pattern=_STREAM_NAME)], StreamConfig] | None = Field(
+        None,
+        description="Several streams in one daemon, by name (their topics: audio/NAME, ...); "
+        "each has its own source, stages, pipeline and output, and they share the socket.",
+    )
+
+    @model_validator(mode="after")
+    def _check_streams(self) -> Self:
+        if self.streams is None:
+            return self
+        if not self.streams:
+            raise ValueError("streams is empty: name at least one [streams.NAME]")
+        both = [key for key in ("stream", *_PER_STREAM) if key in self.model_fields_set]
+        if both:
+            raise ValueError(
+                f"with [streams.NAME] tables, {', '.join(both)} belong inside each stream, "
+                "not at top level"
+            )
+        return self
+
+    def one_stream(self, name: str | None = None) -> Config:
+        """The single stream a command that takes one works on (replay, bench): this
+        config, or its stream ``name``, or its only stream.
+
+        Raises
+        ------
+        ConfigError
+            ``name`` is not one of the streams, or there are several and no ``name``.
+        """
+        configs = {c.stream: c for c in self.stream_configs()}
+        if name is None and len(configs) == 1:
+            return next(iter(configs.values()))
+        if name is not None and name in configs:
+            return configs[name]
+        listed = ", ".join(configs)
+        if name is None:
+            raise ConfigError(f"the config lists streams {listed}: pick one with --stream")
+        raise ConfigError(f"no stream {name!r} in the config (it has {listed})", key="streams")
+
+    def stream_configs(self) -> list[Config]:
+        """One single-stream config per stream (just this one without ``streams``)."""
+        if self.streams is None:
+            return [self]
+        return [
+            self.model_copy(update={"stream": name, "streams": None, **dict(stream)})
+            for name, stream in self.streams.items()
+        ]
 
 
 # ------------------------------------------------------------------- loading
@@ -724,6 +792,18 @@ def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=path) from exc
     return parse_config(raw, path=path, environ=environ)
+
+
+def load_stream(
+    path: Path | None, name: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """`load_config`, then `Config.one_stream`: for the commands that run one stream."""
+    cfg = load_config(path, environ=environ)
+    try:
+        return cfg.one_stream(name)
+    except ConfigError as exc:
+        exc.path = path
+        raise
 
 
 def _deep_copy(value: Any) -> Any:

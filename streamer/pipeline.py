@@ -32,7 +32,7 @@ from streamer.metrics import BlockTiming, StreamMetrics
 from streamer.sinks.base import Sink
 from streamer.sinks.event_audio import EventClipper
 from streamer.sinks.events import EventWriter
-from streamer.sinks.publisher import Publisher
+from streamer.sinks.publisher import Publisher, PublishHub
 from streamer.sinks.speaker import SpeakerMonitor
 from streamer.sinks.wav import WavWriter
 from streamer.sources import Source, open_source
@@ -289,8 +289,11 @@ def _sanitise(block: Block) -> int:
     return count
 
 
-def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
+def build_pipeline(cfg: Config, *, publish: bool, hub: PublishHub | None = None) -> Pipeline:
     """Open the source, build the stages and sinks; any refusal happens here, before threads.
+
+    With ``publish``, the stream publishes on ``hub`` (a socket several streams
+    share), or on a socket of its own bound from ``cfg.publish``.
 
     Raises
     ------
@@ -334,7 +337,7 @@ def build_pipeline(cfg: Config, *, publish: bool) -> Pipeline:
             sinks.append(monitor)
         publisher = None
         if publish:
-            publisher = Publisher(cfg.publish, cfg.stream, metrics, meta=source.metadata)
+            publisher = Publisher(cfg.publish, cfg.stream, metrics, hub, meta=source.metadata)
             cleanup.callback(publisher.close)
             sinks.append(publisher)
         cleanup.pop_all()

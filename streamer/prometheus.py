@@ -1,4 +1,4 @@
-"""Serves a pipeline's counters and latency histograms to Prometheus, read at scrape time.
+"""Serves the pipelines' counters and latency histograms to Prometheus, read at scrape time.
 
 Nothing is recorded twice: a custom collector converts the pipeline's own
 log-binned histograms (`streamer.metrics.LatencyHistogram`) into Prometheus
@@ -7,7 +7,7 @@ histograms when scraped, so the hot path pays nothing for the endpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -50,62 +50,72 @@ def _add(family: HistogramMetricFamily, labels: list[str], hist: LatencyHistogra
 
 
 class PipelineCollector(Collector):
-    """Everything a `Pipeline` measures, in Prometheus form (``streamer_*``)."""
+    """Everything the daemon's pipelines measure, in Prometheus form (``streamer_*``),
+    one labelled series per stream."""
 
-    def __init__(self, pipeline: Pipeline):
-        self._pipeline = pipeline
+    def __init__(self, pipelines: Sequence[Pipeline]):
+        self._pipelines = list(pipelines)
 
     def collect(self) -> Iterator[Any]:
-        pipeline = self._pipeline
-        metrics = pipeline.metrics
-        stream = metrics.stream
-        snap = pipeline.snapshot()
+        snaps = [(p, p.metrics.stream, p.snapshot()) for p in self._pipelines]
         for key, doc in _COUNTERS:
             family = CounterMetricFamily(f"streamer_{key}", doc, labels=["stream"])
-            family.add_metric([stream], snap[key])
+            for _, stream, snap in snaps:
+                family.add_metric([stream], snap[key])
             yield family
         sink_drops = CounterMetricFamily(
             "streamer_sink_drops", "Items a sink dropped because it fell behind.",
             labels=["stream", "sink"],
         )  # fmt: skip
-        for sink, count in snap["sink_drops"].items():
-            sink_drops.add_metric([stream, sink], count)
+        for _, stream, snap in snaps:
+            for sink, count in snap["sink_drops"].items():
+                sink_drops.add_metric([stream, sink], count)
         yield sink_drops
         for key, doc in _SOURCE_COUNTERS:
-            if key in snap["source"]:
-                family = CounterMetricFamily(f"streamer_source_{key}", doc, labels=["stream"])
-                family.add_metric([stream], snap["source"][key])
+            family = CounterMetricFamily(f"streamer_source_{key}", doc, labels=["stream"])
+            for _, stream, snap in snaps:
+                if key in snap["source"]:
+                    family.add_metric([stream], snap["source"][key])
+            if family.samples:
                 yield family
         queue = GaugeMetricFamily("streamer_queue_depth", "Blocks waiting.", labels=["stream"])
-        queue.add_metric([stream], snap["queue_depth"])
-        yield queue
         algo = GaugeMetricFamily(
             "streamer_algorithmic_latency_seconds",
             "Block plus the stages' declared latencies.",
             labels=["stream"],
         )
-        algo.add_metric([stream], pipeline.algorithmic_latency_s)
+        for pipeline, stream, snap in snaps:
+            queue.add_metric([stream], snap["queue_depth"])
+            algo.add_metric([stream], pipeline.algorithmic_latency_s)
+        yield queue
         yield algo
-        for name, doc, hist in (
-            ("processing", "Processing time per block.", metrics.processing),
-            ("end_to_end", "From capture to publication, per block.", metrics.end_to_end),
-        ):
-            histogram = HistogramMetricFamily(f"streamer_{name}_seconds", doc, labels=["stream"])
-            _add(histogram, [stream], hist)
-            yield histogram
+        processing = HistogramMetricFamily(
+            "streamer_processing_seconds", "Processing time per block.", labels=["stream"]
+        )
+        end_to_end = HistogramMetricFamily(
+            "streamer_end_to_end_seconds", "From capture to publication, per block.",
+            labels=["stream"],
+        )  # fmt: skip
+        for pipeline, stream, _ in snaps:
+            _add(processing, [stream], pipeline.metrics.processing)
+            _add(end_to_end, [stream], pipeline.metrics.end_to_end)
+        yield processing
+        yield end_to_end
         stages = HistogramMetricFamily(
             "streamer_stage_seconds", "Processing time per block in one stage.",
             labels=["stream", "stage"],
         )  # fmt: skip
-        for name, hist in zip(metrics.stage_names, metrics.stages, strict=True):
-            _add(stages, [stream, name], hist)
+        for pipeline, stream, _ in snaps:
+            metrics = pipeline.metrics
+            for name, hist in zip(metrics.stage_names, metrics.stages, strict=True):
+                _add(stages, [stream, name], hist)
         yield stages
 
 
-def serve(cfg: PrometheusConfig, pipeline: Pipeline) -> tuple[str, int]:
+def serve(cfg: PrometheusConfig, pipelines: Sequence[Pipeline]) -> tuple[str, int]:
     """Start the HTTP endpoint on a daemon thread; return the address and port it bound."""
     registry = CollectorRegistry()
-    registry.register(PipelineCollector(pipeline))
+    registry.register(PipelineCollector(pipelines))
     try:
         server, _ = start_http_server(cfg.port, addr=cfg.address, registry=registry)
     except OSError as exc:

@@ -268,4 +268,4 @@ def test_a_device_failing_mid_stream_exits_1_not_2() -> None:
 
     pipeline = make(BrokenDevice(10, 16, live=True), [], ListSink())
     with pytest.raises(RuntimeError, match="stream 'main' failed: audio callback failed"):
-        drive(pipeline, progress=False)
+        drive([pipeline], progress=False)

@@ -1,4 +1,4 @@
-"""Drives a built pipeline from the main thread: signals, status lines, progress, summary."""
+"""Drives built pipelines from the main thread: signals, status lines, progress, summary."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
@@ -18,6 +18,7 @@ from streamer.config import Config
 from streamer.errors import ConfigError, InputFileError, StreamerError
 from streamer.metrics import status_line
 from streamer.pipeline import Pipeline, build_pipeline
+from streamer.sinks.publisher import PublishHub
 from streamer.stages import chain_layouts
 
 __all__ = ["build", "drive", "summary_lines"]
@@ -26,9 +27,12 @@ log = logging.getLogger("streamer")
 
 
 @contextmanager
-def _handle_signals(pipeline: Pipeline, reload_asked: threading.Event | None) -> Iterator[None]:
-    """SIGINT/SIGTERM ask for a graceful stop, a second one aborts at once; SIGHUP, when
-    the command can reload, asks for a config reload (done on the main loop, not here)."""
+def _handle_signals(
+    pipelines: Sequence[Pipeline], reload_asked: threading.Event | None
+) -> Iterator[None]:
+    """SIGINT/SIGTERM ask every stream for a graceful stop, a second one aborts at once;
+    SIGHUP, when the command can reload, asks for a config reload (done on the main
+    loop, not here)."""
     asked = False
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -37,7 +41,8 @@ def _handle_signals(pipeline: Pipeline, reload_asked: threading.Event | None) ->
             raise KeyboardInterrupt
         asked = True
         log.info("%s: stopping after the queued blocks", signal.Signals(signum).name)
-        pipeline.request_stop()
+        for pipeline in pipelines:
+            pipeline.request_stop()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     if reload_asked is not None:
@@ -49,69 +54,101 @@ def _handle_signals(pipeline: Pipeline, reload_asked: threading.Event | None) ->
             signal.signal(sig, old)
 
 
-def build(cfg: Config, config_path: Path | None, *, publish: bool) -> Pipeline:
+def build(
+    cfg: Config, config_path: Path | None, *, publish: bool, hub: PublishHub | None = None
+) -> Pipeline:
     """`build_pipeline`, with refusals that only the stream's layout reveals (a cutoff
-    above Nyquist) attributed to the config file they come from."""
+    above Nyquist) attributed to the config file they come from (and, in a daemon of
+    several streams, to the stream's table)."""
     try:
-        return build_pipeline(cfg, publish=publish)
+        return build_pipeline(cfg, publish=publish, hub=hub)
     except ConfigError as exc:
         if exc.path is None:
             exc.path = config_path or Path("<default config>")
+        if hub is not None and exc.key is not None and not exc.key.startswith("publish"):
+            exc.key = f"streams.{cfg.stream}.{exc.key}"
         raise
 
 
-def drive(pipeline: Pipeline, *, progress: bool, reload: Callable[[], None] | None = None) -> None:
-    """Run ``pipeline`` to its end (or a signal), with a status line every interval
-    and a ``status/`` heartbeat; on SIGHUP, call ``reload`` (if given).
+def _failure(pipeline: Pipeline) -> BaseException | None:
+    """What stopped ``pipeline``, as the command should raise it (None: it ended well)."""
+    error = pipeline.error
+    if isinstance(error, StreamerError) and not isinstance(error, InputFileError):
+        # Refused at start-up is the user's to fix (exit 2); failing mid-stream (a device
+        # that broke, a stage) is a failure while running (exit 1), whatever its class.
+        failed = RuntimeError(f"stream {pipeline.cfg.stream!r} failed: {error}")
+        failed.__cause__ = error
+        return failed
+    return error
 
-    Raises whatever stopped the pipeline, after the sinks were finalised.
+
+def drive(
+    pipelines: Sequence[Pipeline], *, progress: bool, reload: Callable[[], None] | None = None
+) -> None:
+    """Run ``pipelines`` to their end (or a signal), with a status line every interval
+    and a ``status/`` heartbeat per stream; on SIGHUP, call ``reload`` (if given).
+
+    A stream that fails is closed and logged while the others go on (a daemon of
+    several streams keeps serving the rest). Raises what stopped the first that
+    failed, once all have ended and their sinks were finalised. The progress bar
+    (on a terminal, with ``progress``) follows the first stream.
     """
-    interval = pipeline.cfg.pipeline.status_interval_s
-    heartbeat = pipeline.cfg.pipeline.heartbeat_s
-    rate = pipeline.source.layout.rate
-    total = pipeline.source.total_frames
+    first = pipelines[0]
+    interval = min(p.cfg.pipeline.status_interval_s for p in pipelines)
+    heartbeat = min(p.cfg.pipeline.heartbeat_s for p in pipelines)
+    rate = first.source.layout.rate
+    total = first.source.total_frames
     bar = tqdm(
         total=None if total is None else round(total / rate, 2),
         unit="s",
-        desc=pipeline.cfg.stream,
+        desc=first.cfg.stream,
         disable=not (progress and sys.stderr.isatty()),
         bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}, {rate_fmt}]",
     )
     reload_asked = threading.Event() if reload is not None else None
-    with _handle_signals(pipeline, reload_asked), bar:
-        pipeline.start()
+    running = list(pipelines)
+    failures: list[BaseException] = []
+    with _handle_signals(pipelines, reload_asked), bar:
+        for pipeline in pipelines:
+            pipeline.start()
         now = time.monotonic()
         next_line, next_beat = now + interval, now + heartbeat
         tick = 0.1 if not bar.disable else min(interval, heartbeat, 0.5)
-        while not pipeline.wait(tick):
+        while running:
+            running[0].wait(tick)
+            for pipeline in [p for p in running if p.done.is_set()]:
+                running.remove(pipeline)
+                pipeline.close()
+                failure = _failure(pipeline)
+                if failure is not None:
+                    failures.append(failure)
+                    if running:
+                        name, left = pipeline.cfg.stream, len(running)
+                        log.error("[%s] stopped: %s; %d other stream(s) go on", name, failure, left)
             if not bar.disable:
-                bar.update(round(pipeline.metrics.frames / rate, 2) - bar.n)
+                bar.update(round(first.metrics.frames / rate, 2) - bar.n)
             if reload is not None and reload_asked is not None and reload_asked.is_set():
                 reload_asked.clear()
                 reload()
             now = time.monotonic()
             if now < min(next_line, next_beat):
                 continue
-            snapshot = pipeline.snapshot()
-            if now >= next_beat:
+            beat, line = now >= next_beat, now >= next_line
+            if beat:
                 next_beat = max(next_beat + heartbeat, now)
-                if pipeline.publisher is not None:
-                    pipeline.publisher.publish_status(snapshot)
-            if now >= next_line:
+            if line:
                 next_line = max(next_line + interval, now)
-                if bar.disable:
+            for pipeline in running:
+                snapshot = pipeline.snapshot()
+                if beat and pipeline.publisher is not None:
+                    pipeline.publisher.publish_status(snapshot)
+                if line and bar.disable:
                     name = pipeline.cfg.stream
                     log.info("[%s] %s", name, status_line(snapshot), extra={"status": snapshot})
         if not bar.disable:
-            bar.update(round(pipeline.metrics.frames / rate, 2) - bar.n)
-    pipeline.close()
-    error = pipeline.error
-    if isinstance(error, StreamerError) and not isinstance(error, InputFileError):
-        # Refused at start-up is the user's to fix (exit 2); failing mid-stream (a device
-        # that broke, a stage) is a failure while running (exit 1), whatever its class.
-        raise RuntimeError(f"stream {pipeline.cfg.stream!r} failed: {error}") from error
-    if error is not None:
-        raise error
+            bar.update(round(first.metrics.frames / rate, 2) - bar.n)
+    if failures:
+        raise failures[0]
 
 
 def summary_lines(pipeline: Pipeline, wall_s: float) -> list[str]:

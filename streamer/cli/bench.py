@@ -10,7 +10,7 @@ from typing import Any
 
 from streamer.bench import run_sweep
 from streamer.bench_report import HEADER, table, table_row, write_outputs
-from streamer.config import load_config
+from streamer.config import load_stream
 from streamer.errors import ConfigError
 
 DEFAULT_BLOCKS = tuple(2**k for k in range(5, 14))  # 32 ... 8192
@@ -64,7 +64,7 @@ def _block_list(text: str) -> tuple[int, ...]:
 
 
 def handle(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_stream(args.config)
     if not 0 < args.share <= 1:
         raise ConfigError(f"--share {args.share} must be in (0, 1]")
     if args.streams < 1:

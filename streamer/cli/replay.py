@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.cli._runner import build, drive, summary_lines
-from streamer.config import FileSourceConfig, load_config, with_overrides
+from streamer.config import FileSourceConfig, load_stream, with_overrides
 
 
 def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
@@ -33,6 +33,9 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         help="with --events: also save each event's audio (with pre-roll) as a WAV beside it",
     )
     parser.add_argument("--block", type=_positive_int, help="frames per block")
+    parser.add_argument(
+        "--stream", metavar="NAME", help="which of the config's [streams.NAME] to replay through"
+    )
     parser.add_argument("--realtime", action="store_true", help="pace blocks at real time")
     parser.add_argument("--rate", type=_positive_int, help="sample rate of a .npy/.csv input, Hz")
     parser.set_defaults(handler=handle)
@@ -49,7 +52,7 @@ def _positive_int(text: str) -> int:
 
 
 def handle(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_stream(args.config, args.stream)
     # A file source in the config keeps its settings (a rate for .npy/.csv); any other is replaced.
     source: dict[str, Any] = {
         "kind": "file", "path": args.input.absolute(), "realtime": args.realtime
@@ -69,7 +72,7 @@ def handle(args: argparse.Namespace) -> int:
     cfg = with_overrides(cfg, updates, replace=None if keep_source else {"source": source})
     pipeline = build(cfg, args.config, publish=cfg.publish.enabled is True)
     started = time.monotonic()
-    drive(pipeline, progress=True)
+    drive([pipeline], progress=True)
     lines = summary_lines(pipeline, time.monotonic() - started)
     for path in (cfg.output.wav, cfg.output.events):
         if path is not None:

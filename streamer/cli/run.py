@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from streamer.cli._runner import build, drive, summary_lines
-from streamer.config import load_config
-from streamer.errors import StreamerError
+from streamer.config import Config, load_config
+from streamer.errors import ConfigError, StreamerError
 from streamer.pipeline import Pipeline
 from streamer.prometheus import serve as serve_prometheus
+from streamer.sinks.publisher import PublishHub
 from streamer.stages import build_stages
 
 log = logging.getLogger("streamer")
@@ -33,7 +34,44 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
 def handle(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     publish = cfg.publish.enabled is not False
-    pipeline = build(cfg, args.config, publish=publish)
+    hub: PublishHub | None = None
+    pipelines: list[Pipeline] = []
+    try:
+        if publish and cfg.streams is not None:
+            # Several streams share one socket, bound here; a single stream binds its own.
+            hub = PublishHub(cfg.publish)
+            hub.attach()  # held until every stream is done with it
+        for stream_cfg in cfg.stream_configs():
+            pipelines.append(build(stream_cfg, args.config, publish=publish, hub=hub))
+        for pipeline in pipelines:
+            _log_start(pipeline)
+        if cfg.prometheus.enabled:
+            host, port = serve_prometheus(cfg.prometheus, pipelines)
+            log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+    except StreamerError as exc:
+        for pipeline in pipelines:
+            pipeline.close()
+        if hub is not None:
+            hub.detach()
+        if isinstance(exc, ConfigError) and exc.path is None:
+            exc.path = args.config or Path("<default config>")
+        raise
+    started = time.monotonic()
+    reload = None if args.config is None else lambda: reload_config(pipelines, args.config)
+    try:
+        drive(pipelines, progress=False, reload=reload)
+    finally:
+        if hub is not None:
+            hub.detach()
+        wall_s = time.monotonic() - started
+        for pipeline in pipelines:
+            for line in summary_lines(pipeline, wall_s):
+                log.info("[%s] %s", pipeline.cfg.stream, line)
+    return 0
+
+
+def _log_start(pipeline: Pipeline) -> None:
+    cfg = pipeline.cfg
     layout, out = pipeline.source.layout, pipeline.out_layout
     rates = f"{layout.rate} Hz" + (f" (out {out.rate} Hz)" if out.rate != layout.rate else "")
     log.info(
@@ -48,32 +86,34 @@ def handle(args: argparse.Namespace) -> int:
     )
     if pipeline.publisher is not None:
         log.info("[%s] publishing on %s", cfg.stream, pipeline.publisher.endpoint)
-    if cfg.prometheus.enabled:
-        try:
-            host, port = serve_prometheus(cfg.prometheus, pipeline)
-        except StreamerError:
-            pipeline.close()
-            raise
-        log.info("[%s] Prometheus metrics on http://%s:%d/metrics", cfg.stream, host, port)
-    started = time.monotonic()
-    reload = None if args.config is None else lambda: reload_config(pipeline, args.config)
-    drive(pipeline, progress=False, reload=reload)
-    for line in summary_lines(pipeline, time.monotonic() - started):
-        log.info("[%s] %s", cfg.stream, line)
-    return 0
 
 
-def reload_config(pipeline: Pipeline, path: Path) -> None:
-    """SIGHUP: rebuild the stages from the config file between two blocks.
+def reload_config(pipelines: list[Pipeline], path: Path) -> None:
+    """SIGHUP: rebuild every stream's stages from the config file between two blocks.
 
     A config that is refused (bad TOML, a bad value, a filter the stream's rate
-    cannot have) leaves the running chain as it was, with the reason logged.
+    cannot have) leaves the running chains as they were, with the reason logged.
     Other sections are compared and, where they changed, said to wait for a
-    restart: a source or socket cannot be swapped without interrupting the stream.
+    restart: a source or socket cannot be swapped without interrupting the stream,
+    nor a stream added or removed.
     """
+    try:
+        new_cfgs = {c.stream: c for c in load_config(path).stream_configs()}
+    except StreamerError as exc:
+        log.error("reload refused, keeping the running config: %s", exc)
+        return
+    running = {p.cfg.stream for p in pipelines}
+    if set(new_cfgs) != running:
+        log.warning("reload: the streams changed; that applies at the next restart")
+    for pipeline in pipelines:
+        new = new_cfgs.get(pipeline.cfg.stream)
+        if new is not None:
+            _reload_stream(pipeline, new, path)
+
+
+def _reload_stream(pipeline: Pipeline, new: Config, path: Path) -> None:
     name = pipeline.cfg.stream
     try:
-        new = load_config(path)
         stages = build_stages(new.stages, pipeline.source.layout, block=pipeline.cfg.pipeline.block)
         pipeline.replace_stages(stages)  # refused if the output rate would change
     except StreamerError as exc:

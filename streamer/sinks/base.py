@@ -34,7 +34,8 @@ class SinkWorker(Generic[Item]):
 
     ``lossless=True`` makes ``submit`` wait for room (a file replay must keep
     every sample); otherwise a full queue drops the item and counts it in the
-    stream's metrics. The first exception in ``handle`` stops the worker and is
+    stream's ``metrics`` (or calls ``on_drop(item)``, for a worker that several
+    streams share). The first exception in ``handle`` stops the worker and is
     raised by the next ``submit`` or by ``close``, so a failing sink (a full
     disk) stops the pipeline with its error instead of failing silently.
     """
@@ -46,12 +47,18 @@ class SinkWorker(Generic[Item]):
         *,
         capacity: int,
         lossless: bool,
-        metrics: StreamMetrics,
+        metrics: StreamMetrics | None = None,
+        on_drop: Callable[[Item], None] | None = None,
     ):
+        if on_drop is None:
+            if metrics is None:
+                raise ValueError("a SinkWorker counts its drops in metrics or through on_drop")
+            counted = metrics
+            on_drop = lambda _item: counted.record_sink_drop(name)  # noqa: E731
         self.name = name
         self._handle = handle
         self._lossless = lossless
-        self._metrics = metrics
+        self._on_drop = on_drop
         self._queue: queue.Queue[object] = queue.Queue(maxsize=capacity)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name=f"sink-{name}", daemon=True)
@@ -69,7 +76,7 @@ class SinkWorker(Generic[Item]):
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self._metrics.record_sink_drop(self.name)
+            self._on_drop(item)
 
     def close(self) -> None:
         """Let the worker finish what is queued, then stop it."""

@@ -1,7 +1,8 @@
-"""Publishes a stream's audio, per-block metrics and status over one ZeroMQ PUB socket."""
+"""Publishes streams' audio, per-block metrics and status over one ZeroMQ PUB socket."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -16,48 +17,31 @@ from streamer.security import secure_server
 from streamer.sinks.base import SinkWorker
 from streamer.wire import encode, topic_for
 
-__all__ = ["Publisher"]
+__all__ = ["PublishHub", "Publisher"]
 
 _BlockItem = tuple[Block, BlockTiming]
 _StatusItem = dict[str, Any]
+_HubItem = tuple["Publisher", _BlockItem | _StatusItem]
 
 
-class Publisher:
-    """The PUB socket and the thread that owns it (sockets are not thread-safe).
+class PublishHub:
+    """The PUB socket and the thread that owns it (sockets are not thread-safe),
+    shared by the streams of a daemon.
 
-    The processing thread hands over (block, timing) pairs through a bounded
-    queue; this thread encodes them (DESIGN.md §5), stamps ``published_ns`` and
-    sends. A full queue drops and counts; the PUB socket itself drops for a
-    subscriber that is too slow (past ``sndhwm``), which that subscriber sees
-    as a gap in ``seq``. Publishing never blocks processing.
+    Each stream's `Publisher` hands its items over through one bounded queue;
+    this thread encodes them (DESIGN.md §5), stamps ``published_ns`` and sends.
+    A full queue drops the item and counts it in its stream's metrics. The
+    socket closes when the last publisher attached to it does.
 
-    Topics: ``audio/STREAM`` (the processed block), ``metrics/STREAM`` (its
-    timings and end-to-end latency to publication), ``status/STREAM`` (a
-    periodic summary with its own ``seq``), and ``anomaly/STREAM`` and
-    ``spectrum/STREAM`` for the block's annotations (each with its own ``seq``).
-    The source's ``metadata`` (a file's channel names, units), when it has any,
-    goes out as ``meta`` in every ``audio`` and ``status`` header.
+    Raises
+    ------
+    ConfigError
+        The endpoint cannot be bound (``publish.endpoint``), or the CURVE keys
+        cannot be read.
     """
 
-    name = "publish"
-
-    def __init__(
-        self,
-        cfg: PublishConfig,
-        stream: str,
-        metrics: StreamMetrics,
-        context: zmq.Context[Any] | None = None,
-        *,
-        meta: Mapping[str, Any] | None = None,
-    ):
-        self._cfg = cfg
-        self._stream = stream
-        self._metrics = metrics
-        self._meta = {"meta": dict(meta)} if meta else {}
-        kinds = ("audio", "metrics", "status", "anomaly", "spectrum")
-        self._topics = {kind: topic_for(kind, stream) for kind in kinds}
-        self._status_seq = 0
-        self._annotation_seq = {"anomaly": 0, "spectrum": 0}
+    def __init__(self, cfg: PublishConfig, context: zmq.Context[Any] | None = None):
+        self.cfg = cfg
         self._ctx = context or zmq.Context.instance()
         self._socket: zmq.Socket[Any] = self._ctx.socket(zmq.PUB)
         self._socket.setsockopt(zmq.LINGER, 500)
@@ -81,24 +65,92 @@ class Publisher:
                 f"cannot bind {cfg.endpoint}: {exc.strerror}", key="publish.endpoint"
             ) from exc
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._worker: SinkWorker[_BlockItem | _StatusItem] = SinkWorker(
-            "publish", self._send, capacity=cfg.queue_messages, lossless=False, metrics=metrics
+        self._worker: SinkWorker[_HubItem] = SinkWorker(
+            "publish",
+            lambda item: item[0]._send(item[1]),
+            capacity=cfg.queue_messages,
+            lossless=False,
+            on_drop=lambda item: item[0].metrics.record_sink_drop("publish"),
         )
+        self._attached = 0
+        self._lock = threading.Lock()
 
-    def consume(self, block: Block, timing: BlockTiming) -> None:
-        self._worker.submit((block, timing))
+    def attach(self) -> None:
+        with self._lock:
+            self._attached += 1
 
-    def publish_status(self, snapshot: dict[str, Any]) -> None:
-        """Queue a ``status/`` message (called from the main thread)."""
-        self._worker.submit(snapshot)
+    def submit(self, publisher: Publisher, item: _BlockItem | _StatusItem) -> None:
+        self._worker.submit((publisher, item))
 
-    def close(self) -> None:
+    def send(self, frames: list[Any]) -> None:
+        """Send one message (on the hub's thread only), never blocking."""
+        self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+
+    def detach(self) -> None:
+        """One publisher is done; the last one closes the socket after what is queued."""
+        with self._lock:
+            self._attached -= 1
+            if self._attached > 0:
+                return
         try:
             self._worker.close()
         finally:
             self._socket.close()
             if self._auth is not None:
                 self._auth.stop()
+
+
+class Publisher:
+    """One stream's messages on a `PublishHub`: its topics, their ``seq`` counters
+    and its metrics. Publishing never blocks processing.
+
+    Topics: ``audio/STREAM`` (the processed block), ``metrics/STREAM`` (its
+    timings and end-to-end latency to publication), ``status/STREAM`` (a
+    periodic summary with its own ``seq``), and ``anomaly/STREAM`` and
+    ``spectrum/STREAM`` for the block's annotations (each with its own ``seq``).
+    The source's ``metadata`` (a file's channel names, units), when it has any,
+    goes out as ``meta`` in every ``audio`` and ``status`` header. The PUB socket
+    itself drops for a subscriber that is too slow (past ``sndhwm``), which that
+    subscriber sees as a gap in ``seq``.
+
+    Without ``hub``, the publisher binds a hub of its own from ``cfg``.
+    """
+
+    name = "publish"
+
+    def __init__(
+        self,
+        cfg: PublishConfig,
+        stream: str,
+        metrics: StreamMetrics,
+        hub: PublishHub | None = None,
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ):
+        self._hub = PublishHub(cfg) if hub is None else hub
+        self._hub.attach()
+        self._cfg = self._hub.cfg
+        self._stream = stream
+        self.metrics = metrics
+        self._meta = {"meta": dict(meta)} if meta else {}
+        kinds = ("audio", "metrics", "status", "anomaly", "spectrum")
+        self._topics = {kind: topic_for(kind, stream) for kind in kinds}
+        self._status_seq = 0
+        self._annotation_seq = {"anomaly": 0, "spectrum": 0}
+        self.endpoint: str = self._hub.endpoint
+        self._closed = False
+
+    def consume(self, block: Block, timing: BlockTiming) -> None:
+        self._hub.submit(self, (block, timing))
+
+    def publish_status(self, snapshot: dict[str, Any]) -> None:
+        """Queue a ``status/`` message (called from the main thread)."""
+        self._hub.submit(self, snapshot)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._hub.detach()
 
     def _send(self, item: _BlockItem | _StatusItem) -> None:
         if isinstance(item, dict):
@@ -121,9 +173,9 @@ class Publisher:
         if self._cfg.audio:
             header = {**common, "published_ns": published_ns, **self._meta}
             frames = encode(self._topics["audio"], header, block.samples)
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            self._hub.send(frames)
         end_to_end_ns = published_ns - block.captured_ns
-        self._metrics.record_published(end_to_end_ns)
+        self.metrics.record_published(end_to_end_ns)
         if self._cfg.metrics:
             header = {
                 **common,
@@ -137,7 +189,7 @@ class Publisher:
                 "deadline_missed": timing.missed,
                 "nonfinite": timing.nonfinite,
             }
-            self._socket.send_multipart(encode(self._topics["metrics"], header), flags=zmq.NOBLOCK)
+            self._hub.send(encode(self._topics["metrics"], header))
         for annotation in block.annotations:
             # Each of these topics has its own seq, so a subscriber sees its own losses.
             seq = self._annotation_seq[annotation.kind]
@@ -146,7 +198,7 @@ class Publisher:
                 **common, **annotation.fields, "seq": seq, "published_ns": time.monotonic_ns()
             }  # fmt: skip
             frames = encode(self._topics[annotation.kind], header, annotation.array)
-            self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            self._hub.send(frames)
 
     def _send_status(self, snapshot: dict[str, Any]) -> None:
         now = time.monotonic_ns()
@@ -154,11 +206,11 @@ class Publisher:
             "stream": self._stream,
             "seq": self._status_seq,
             "t0": snapshot["frames"],
-            "rate": self._metrics.rate,
+            "rate": self.metrics.rate,
             "captured_ns": now,
             "published_ns": now,
             **snapshot,
             **self._meta,
         }
         self._status_seq += 1
-        self._socket.send_multipart(encode(self._topics["status"], header), flags=zmq.NOBLOCK)
+        self._hub.send(encode(self._topics["status"], header))
