@@ -587,7 +587,13 @@ class OutputConfig(_Model):
 
 
 def _default_stages() -> list[StageConfig]:
-    return [FirConfig()]
+    """Every stage the synth scene needs none of a model for: its band-pass, then anomaly
+    detection watching what the band-pass leaves, with band levels allowed the ~10 dB
+    swings of the scene's speech-like bursts (config/default.toml spells it out)."""
+    anomaly = AnomalyConfig(
+        n_bands=16, fmin_hz=100.0, fmax_hz=8000.0, level_db=10.0, spectrum_rate_hz=10.0
+    )
+    return [FirConfig(), anomaly]
 
 
 _STREAM_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -722,7 +728,10 @@ def _env_value(text: str) -> Any:
 
 _TAGGED_DEFAULTS: dict[str, Any] = {
     "source": {"kind": "synth"},
-    "stages": [{"kind": "fir"}],
+    "stages": [
+        {"kind": stage.kind, **stage.model_dump(mode="json", exclude_defaults=True)}
+        for stage in _default_stages()
+    ],
 }
 
 

@@ -112,7 +112,7 @@ def test_bench_command_writes_its_outputs(tmp_path: Path, cli_env: dict[str, str
     assert row["block"] == 512 and row["blocks_measured"] >= 1000
     assert row["end_to_end_count"] > 10
     assert 0 < row["end_to_end_ms"]["p50"] < row["period_ms"] + row["algorithmic_latency_ms"]
-    assert set(row["stages_ms"]) == {"fir"}
+    assert set(row["stages_ms"]) == {"fir", "anomaly"}
     assert report["machine"]["cores"] >= 1
     csv_lines = (out / "bench.csv").read_text().splitlines()
     assert csv_lines[0].startswith("block,rate,streams") and len(csv_lines) == 2

@@ -196,7 +196,7 @@ def test_daemon_publishes_exact_audio_and_metrics(endpoint: str, cli_env: dict[s
         assert m.array is not None and m.array.shape == (1, 256)
         np.testing.assert_allclose(m.array, offline[:, t0 : t0 + 256], atol=2e-6, rtol=0)
     last = metrics[-1].header
-    assert set(last["stages_ns"]) == {"fir"}
+    assert set(last["stages_ns"]) == {"fir", "anomaly"}
     assert last["processing_ns"] > 0 and last["end_to_end_ns"] >= last["processing_ns"]
     assert last["period_ns"] == 256 * 10**9 // 48000
     assert "blocks" in err  # the summary

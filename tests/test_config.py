@@ -30,7 +30,7 @@ def test_empty_file_is_the_embedded_default(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, ""), environ={})
     assert cfg == load_config(None, environ={})
     assert isinstance(cfg.source, SynthSourceConfig)
-    assert [s.kind for s in cfg.stages] == ["fir"]
+    assert [s.kind for s in cfg.stages] == ["fir", "anomaly"]
     assert cfg.publish.endpoint == "tcp://127.0.0.1:5555"
 
 

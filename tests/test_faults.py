@@ -131,6 +131,7 @@ def test_a_stalled_subscriber_never_blocks_the_publisher(cli_env: dict[str, str]
         "STREAMER__SOURCE__DURATION_S": "300",
         "STREAMER__PIPELINE__BLOCK": "4096",
         "STREAMER__PUBLISH__SNDHWM": "100",
+        "STREAMER__STAGES": "[]",  # the publisher is under test: publish as fast as it can
     }
     stalled = zmq.Context.instance().socket(zmq.SUB)
     stalled.setsockopt(zmq.RCVHWM, 10)

@@ -119,7 +119,7 @@ def test_streams_expand_into_single_stream_configs(tmp_path: Path) -> None:
     )
     x, y = cfg.stream_configs()
     assert (x.stream, x.stages, x.streams) == ("x", [], None)
-    assert (y.stream, y.pipeline.block, [s.kind for s in y.stages]) == ("y", 64, ["fir"])
+    assert (y.stream, y.pipeline.block, [s.kind for s in y.stages]) == ("y", 64, ["fir", "anomaly"])
     assert x.publish.endpoint == y.publish.endpoint == "tcp://127.0.0.1:6001"
     assert cfg.one_stream("y") == y
     with pytest.raises(ConfigError, match=r"lists streams x, y: pick one with --stream"):
