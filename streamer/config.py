@@ -38,6 +38,7 @@ __all__ = [
     "ENV_PREFIX",
     "AnomalyConfig",
     "Config",
+    "DenoiseConfig",
     "FileSourceConfig",
     "FirConfig",
     "MicSourceConfig",
@@ -435,6 +436,55 @@ class AnomalyConfig(_Model):
         return self
 
 
+class DenoiseConfig(_Model):
+    """A spectral denoiser: a Wiener gain against a noise floor tracked as the stream runs."""
+
+    kind: Literal["denoise"] = "denoise"
+    name: str | None = Field(None, description="Label in metrics; defaults to the kind.")
+    method: Literal["classical"] = Field(
+        "classical",
+        description="classical: decision-directed Wiener gain over an MCRA noise tracker "
+        "(no training, any signal, sensors included).",
+    )
+    frame_ms: float = Field(
+        16.0,
+        gt=1.0,
+        le=500.0,
+        description="STFT frame, ms; the stage's latency is one frame (less one sample).",
+    )
+    hop_ratio: Literal[2, 4] = Field(
+        2, description="Frames overlap: hop = frame / hop_ratio (sqrt-Hann analysis and synthesis)."
+    )
+    max_attenuation_db: float = Field(
+        15.0,
+        ge=0.0,
+        le=60.0,
+        description="Gain floor, dB below unity: deeper removes more noise and risks "
+        "'musical' residue.",
+    )
+    noise_window_s: float = Field(
+        1.5,
+        gt=0.05,
+        le=30.0,
+        description="Window of the noise floor's minimum tracking: longer than a word or "
+        "a machine's quiet-loud cycle, so that they are not taken for noise.",
+    )
+    speech_ratio: float = Field(
+        5.0,
+        gt=1.0,
+        le=100.0,
+        description="Power over the tracked minimum above which a bin counts as signal "
+        "(MCRA's delta), so that the noise estimate stops learning there.",
+    )
+    dd_alpha: float = Field(
+        0.98,
+        ge=0.0,
+        lt=1.0,
+        description="Decision-directed smoothing of the a-priori SNR: near 1 suppresses "
+        "musical noise at the cost of some smearing of onsets.",
+    )
+
+
 class ResampleConfig(_Model):
     """A sample-rate change by a polyphase FIR (scipy's resample_poly design), streamed exactly."""
 
@@ -455,7 +505,9 @@ class ResampleConfig(_Model):
     )
 
 
-StageConfig = Annotated[FirConfig | AnomalyConfig | ResampleConfig, Field(discriminator="kind")]
+StageConfig = Annotated[
+    FirConfig | AnomalyConfig | DenoiseConfig | ResampleConfig, Field(discriminator="kind")
+]
 
 # ----------------------------------------------------------- pipeline and sinks
 
@@ -681,7 +733,7 @@ class Config(_Model):
 # ------------------------------------------------------------------- loading
 
 
-_UNION_TAGS = frozenset({"synth", "file", "mic", "zmq", "fir", "anomaly", "resample"})
+_UNION_TAGS = frozenset({"synth", "file", "mic", "zmq", "fir", "anomaly", "denoise", "resample"})
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:

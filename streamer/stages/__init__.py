@@ -9,12 +9,14 @@ from streamer.block import StreamLayout
 from streamer.config import StageConfig
 from streamer.stages.anomaly import AnomalyStage
 from streamer.stages.base import Stage
+from streamer.stages.denoise import DenoiseStage
 from streamer.stages.fir import FirStage
 from streamer.stages.resample import ResampleStage
 
 __all__ = [
     "STAGE_KINDS",
     "AnomalyStage",
+    "DenoiseStage",
     "FirStage",
     "ResampleStage",
     "Stage",
@@ -28,6 +30,7 @@ StageFactory = Callable[..., Stage]
 STAGE_KINDS: dict[str, StageFactory] = {
     "fir": FirStage,
     "anomaly": AnomalyStage,
+    "denoise": DenoiseStage,
     "resample": ResampleStage,
 }
 
