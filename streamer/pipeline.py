@@ -38,7 +38,7 @@ from streamer.sinks.wav import WavWriter
 from streamer.sources import Source, open_source
 from streamer.stages import Stage, build_stages, chain_latency_s, chain_layouts
 
-__all__ = ["Pipeline", "build_pipeline"]
+__all__ = ["Pipeline", "SharedProcessor", "build_pipeline"]
 
 _END = object()
 log = logging.getLogger("streamer")
@@ -65,6 +65,7 @@ class Pipeline:
         sinks: list[Sink],
         metrics: StreamMetrics,
         publisher: Publisher | None = None,
+        processor: SharedProcessor | None = None,
     ):
         self.cfg = cfg
         self.source = source
@@ -83,10 +84,13 @@ class Pipeline:
         self._pending_stages: list[Stage] | None = None
         self._pending_lock = threading.Lock()
         self._cpu_start_s = time.process_time()
-        self._threads = [
-            threading.Thread(target=self._capture_loop, name="capture", daemon=True),
-            threading.Thread(target=self._processing_loop, name="processing", daemon=True),
-        ]
+        self._processor = processor
+        self._started = False
+        self._threads = [threading.Thread(target=self._capture_loop, name="capture", daemon=True)]
+        if processor is None:
+            self._threads.append(
+                threading.Thread(target=self._processing_loop, name="processing", daemon=True)
+            )
 
     def _latency(self) -> Fraction:
         layout = self.source.layout
@@ -110,6 +114,9 @@ class Pipeline:
 
     def start(self) -> None:
         self._cpu_start_s = time.process_time()
+        self._started = True
+        if self._processor is not None:
+            self._processor.add(self)
         for thread in self._threads:
             thread.start()
 
@@ -150,6 +157,8 @@ class Pipeline:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join()
+        if self._processor is not None and self._started:
+            self.done.wait()  # the shared thread takes the end and closes the sinks
         if not self.done.is_set():
             for sink in self.sinks:
                 sink.close()
@@ -192,6 +201,7 @@ class Pipeline:
         """Queue a live block without waiting; on overflow drop per policy and count."""
         try:
             self._queue.put_nowait(block)
+            self._wake()
             return
         except queue.Full:
             self.metrics.record_drop()
@@ -206,29 +216,42 @@ class Pipeline:
         while not self._draining_ended.is_set():
             try:
                 self._queue.put(item, timeout=0.2)
+                self._wake()
                 return True
             except queue.Full:
                 continue
         return False
 
+    def _wake(self) -> None:
+        if self._processor is not None:
+            self._processor.wake()
+
     def _processing_loop(self) -> None:
         try:
-            while True:
-                item = self._queue.get()
-                if item is _END:
-                    break
-                assert isinstance(item, Block)
-                self._process(item)
+            while self._take(self._queue.get()):
+                pass
         except BaseException as exc:
             self._fail(exc)
         finally:
-            self._draining_ended.set()
-            for sink in self.sinks:
-                try:
-                    sink.close()
-                except BaseException as exc:
-                    self._fail(exc)
-            self.done.set()
+            self._finish()
+
+    def _take(self, item: Block | object) -> bool:
+        """Process one queued item; False at the end of the stream."""
+        if item is _END:
+            return False
+        assert isinstance(item, Block)
+        self._process(item)
+        return True
+
+    def _finish(self) -> None:
+        """No more items: close the sinks (their errors are the stream's) and say done."""
+        self._draining_ended.set()
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except BaseException as exc:
+                self._fail(exc)
+        self.done.set()
 
     def _process(self, block: Block) -> None:
         if self._pending_stages is not None:
@@ -289,11 +312,74 @@ def _sanitise(block: Block) -> int:
     return count
 
 
-def build_pipeline(cfg: Config, *, publish: bool, hub: PublishHub | None = None) -> Pipeline:
+class SharedProcessor:
+    """One processing thread for the streams of a daemon, instead of one per stream.
+
+    Each stream keeps its queue, its drop policy and its failures; the thread
+    takes one block at a time from whichever stream has one, in turn. Streams
+    run in one interpreter, whose lock serialises their Python work anyway: a
+    thread per stream only adds switching between them, which with many
+    streams costs more than the work (docs/daemon.md). A stage that blocks
+    holds up every stream sharing the thread.
+    """
+
+    def __init__(self) -> None:
+        self._ready = threading.Semaphore(0)  # one release per queued item (or more)
+        self._lock = threading.Lock()
+        self._pipelines: list[Pipeline] = []
+        self._thread: threading.Thread | None = None
+        self._next = 0
+
+    def add(self, pipeline: Pipeline) -> None:
+        with self._lock:
+            self._pipelines.append(pipeline)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="processing", daemon=True)
+                self._thread.start()
+
+    def wake(self) -> None:
+        self._ready.release()
+
+    def _loop(self) -> None:
+        while True:
+            self._ready.acquire(timeout=0.2)
+            with self._lock:
+                if not self._pipelines:
+                    self._thread = None
+                    return
+                pipelines = list(self._pipelines)
+            # Fair turns: start after the stream served last.
+            for k in range(len(pipelines)):
+                pipeline = pipelines[(self._next + k) % len(pipelines)]
+                try:
+                    item = pipeline._queue.get_nowait()
+                except queue.Empty:
+                    continue
+                self._next = (self._next + k + 1) % len(pipelines)
+                try:
+                    going = pipeline._take(item)
+                except BaseException as exc:
+                    pipeline._fail(exc)
+                    going = False
+                if not going:
+                    pipeline._finish()
+                    with self._lock:
+                        self._pipelines.remove(pipeline)
+                break
+
+
+def build_pipeline(
+    cfg: Config,
+    *,
+    publish: bool,
+    hub: PublishHub | None = None,
+    processor: SharedProcessor | None = None,
+) -> Pipeline:
     """Open the source, build the stages and sinks; any refusal happens here, before threads.
 
     With ``publish``, the stream publishes on ``hub`` (a socket several streams
-    share), or on a socket of its own bound from ``cfg.publish``.
+    share), or on a socket of its own bound from ``cfg.publish``; with
+    ``processor``, its blocks are processed on that shared thread.
 
     Raises
     ------
@@ -341,4 +427,4 @@ def build_pipeline(cfg: Config, *, publish: bool, hub: PublishHub | None = None)
             cleanup.callback(publisher.close)
             sinks.append(publisher)
         cleanup.pop_all()
-    return Pipeline(cfg, source, stages, sinks, metrics, publisher)
+    return Pipeline(cfg, source, stages, sinks, metrics, publisher, processor)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from streamer.config import Config
 from streamer.errors import ConfigError, InputFileError, StreamerError
 from streamer.metrics import status_line
-from streamer.pipeline import Pipeline, build_pipeline
+from streamer.pipeline import Pipeline, SharedProcessor, build_pipeline
 from streamer.sinks.publisher import PublishHub
 from streamer.stages import chain_layouts
 
@@ -55,13 +55,18 @@ def _handle_signals(
 
 
 def build(
-    cfg: Config, config_path: Path | None, *, publish: bool, hub: PublishHub | None = None
+    cfg: Config,
+    config_path: Path | None,
+    *,
+    publish: bool,
+    hub: PublishHub | None = None,
+    processor: SharedProcessor | None = None,
 ) -> Pipeline:
     """`build_pipeline`, with refusals that only the stream's layout reveals (a cutoff
     above Nyquist) attributed to the config file they come from (and, in a daemon of
     several streams, to the stream's table)."""
     try:
-        return build_pipeline(cfg, publish=publish, hub=hub)
+        return build_pipeline(cfg, publish=publish, hub=hub, processor=processor)
     except ConfigError as exc:
         if exc.path is None:
             exc.path = config_path or Path("<default config>")

@@ -11,7 +11,7 @@ from typing import Any
 from streamer.cli._runner import build, drive, summary_lines
 from streamer.config import Config, load_config
 from streamer.errors import ConfigError, StreamerError
-from streamer.pipeline import Pipeline
+from streamer.pipeline import Pipeline, SharedProcessor
 from streamer.prometheus import serve as serve_prometheus
 from streamer.sinks.publisher import PublishHub
 from streamer.stages import build_stages
@@ -35,14 +35,18 @@ def handle(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     publish = cfg.publish.enabled is not False
     hub: PublishHub | None = None
+    # Several streams share one socket, bound here, and one processing thread.
+    processor = SharedProcessor() if cfg.streams is not None else None
     pipelines: list[Pipeline] = []
     try:
         if publish and cfg.streams is not None:
-            # Several streams share one socket, bound here; a single stream binds its own.
             hub = PublishHub(cfg.publish)
             hub.attach()  # held until every stream is done with it
         for stream_cfg in cfg.stream_configs():
-            pipelines.append(build(stream_cfg, args.config, publish=publish, hub=hub))
+            pipeline = build(
+                stream_cfg, args.config, publish=publish, hub=hub, processor=processor
+            )
+            pipelines.append(pipeline)
         for pipeline in pipelines:
             _log_start(pipeline)
         if cfg.prometheus.enabled:
