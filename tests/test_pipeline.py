@@ -12,7 +12,7 @@ import pytest
 from streamer.block import Block, StreamLayout
 from streamer.config import Config, parse_config
 from streamer.metrics import BlockTiming, StreamMetrics
-from streamer.pipeline import Pipeline
+from streamer.pipeline import Pipeline, SharedProcessor
 from streamer.stages.base import Stage
 
 LAYOUT = StreamLayout(channels=1, rate=8000)
@@ -78,10 +78,16 @@ class ListSink:
         self.closed = True
 
 
-def make(source: ListSource, stages: list[Stage], sink: ListSink, **pipeline: object) -> Pipeline:
+def make(
+    source: ListSource,
+    stages: list[Stage],
+    sink: ListSink,
+    processor: SharedProcessor | None = None,
+    **pipeline: object,
+) -> Pipeline:
     cfg: Config = parse_config({"pipeline": {"queue_blocks": 4, **pipeline}}, environ={})
     metrics = StreamMetrics("test", LAYOUT.rate, [s.name for s in stages], 16)
-    return Pipeline(cfg, source, stages, [sink], metrics)  # type: ignore[list-item]
+    return Pipeline(cfg, source, stages, [sink], metrics, None, processor)  # type: ignore[list-item]
 
 
 def run_to_end(pipeline: Pipeline) -> None:
@@ -269,3 +275,24 @@ def test_a_device_failing_mid_stream_exits_1_not_2() -> None:
     pipeline = make(BrokenDevice(10, 16, live=True), [], ListSink())
     with pytest.raises(RuntimeError, match="stream 'main' failed: audio callback failed"):
         drive([pipeline], progress=False)
+
+
+def test_streams_on_a_shared_processor_each_keep_their_blocks_and_failures() -> None:
+    """Three streams on one processing thread: a lossless one gets every block in order, a
+    live one behind a slow stage drops and counts, a failing one stops alone."""
+    processor = SharedProcessor()
+    sinks = [ListSink(), ListSink(), ListSink()]
+    lossless = make(ListSource(200, 16, live=False), [], sinks[0], processor)
+    live = make(ListSource(200, 16, live=True), [SlowStage(0.002)], sinks[1], processor)
+    failing = make(ListSource(200, 16, live=False), [SlowStage(0, fail_at=50)], sinks[2], processor)
+    pipelines = [lossless, live, failing]
+    for pipeline in pipelines:
+        pipeline.start()
+    for pipeline in pipelines:
+        assert pipeline.wait(timeout=20), "a stream did not finish"
+        pipeline.close()
+    assert seqs(sinks[0]) == list(range(200)) and lossless.error is None
+    assert 0 < len(sinks[1].blocks) < 200 and live.error is None
+    assert len(sinks[1].blocks) + live.metrics.dropped_blocks == 200
+    assert seqs(sinks[2]) == list(range(50)) and "block 50" in str(failing.error)
+    assert all(sink.closed for sink in sinks)
