@@ -323,6 +323,13 @@ class AnomalyStage:
         hi_bin = int(np.searchsorted(freqs, edges[:, 1].max(), side="right"))
         self._bins = slice(max(1, lo_bin), max(lo_bin + 1, hi_bin))  # DC is never a line
         self._neigh = max(2, round(_TONAL_NEIGHBOUR_HZ / (rate / n)))
+        # _local_mean's window edges over the analysed bins (fixed), and its cumsum buffer
+        # whose first column stays 0.
+        idx = np.arange(self._bins.stop - self._bins.start)
+        self._lm_lo = np.maximum(idx - self._neigh, 0)
+        self._lm_hi = np.minimum(idx + self._neigh + 1, idx.size)
+        self._lm_count = (self._lm_hi - self._lm_lo).astype(np.float64)
+        self._lm_cumsum = np.zeros((layout.channels, idx.size + 1))
         # Per-bin band index (-1 outside every band) for naming the band of a line.
         self._bin_band = np.where(mat.any(axis=1), np.argmax(mat, axis=1), -1)
 
@@ -612,13 +619,10 @@ class AnomalyStage:
 
     def _local_mean(self, x: F64) -> F64:
         """Mean of ``x`` over +-neighbourhood bins along the last axis (edges shrink)."""
-        w = self._neigh
-        c = np.zeros((x.shape[0], x.shape[1] + 1))
+        c = self._lm_cumsum
         np.cumsum(x, axis=1, out=c[:, 1:])
-        idx = np.arange(x.shape[1])
-        lo = np.maximum(idx - w, 0)
-        hi = np.minimum(idx + w + 1, x.shape[1])
-        out: F64 = (c[:, hi] - c[:, lo]) / (hi - lo)
+        out: F64 = c[:, self._lm_hi] - c[:, self._lm_lo]
+        out /= self._lm_count
         return out
 
     def _learn(
@@ -662,11 +666,15 @@ class AnomalyStage:
                 # The slow variance takes deviations only up to _CLIP_LONG sd: it
                 # grows only while more than 1/_CLIP_LONG**2 of the frames lie
                 # beyond that, so an anomaly recurring now and then stays one.
-                dl = np.clip(d, -_CLIP_LONG * sd, _CLIP_LONG * sd)
+                # Clipped as np.clip does, without its Python layers (a few µs a call).
+                lim = _CLIP_LONG * sd
+                dl = np.minimum(np.maximum(d, -lim), lim)
                 al = along if mu.ndim == 1 else along[:, None]
                 vlong += al * dl * dl
                 vlong *= 1.0 - al
-                np.clip(d, -_CLIP * sd, _CLIP * sd, out=d)
+                lim *= _CLIP / _CLIP_LONG
+                np.maximum(d, -lim, out=d)
+                np.minimum(d, lim, out=d)
             mu += a * d
             # West's EW variance: var <- (1 - a) (var + a d^2)
             var += a * d * d
