@@ -137,11 +137,17 @@ class ZmqSource:
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
+        relink = False
         while not stop.is_set():
             ready = dict(poller.poll(_POLL_MS))
             if self._monitor in ready:
-                self._on_disconnect()
+                recv_monitor_message(self._monitor)
+                self.disconnects += 1
+                relink = True
             if self._socket not in ready:
+                if relink:
+                    self._relink()
+                    relink = False
                 continue
             accepted = self._check(self._socket.recv_multipart())
             if accepted is None:
@@ -168,11 +174,14 @@ class ZmqSource:
             seq += 1
             next_t0 = t0 + samples.shape[1]
 
-    def _on_disconnect(self) -> None:
+    def _relink(self) -> None:
         """The link dropped: libzmq cuts a peer that sent more than the size limit and does
-        not reconnect by itself. A connecting socket connects again; a bound one waits."""
-        recv_monitor_message(self._monitor)
-        self.disconnects += 1
+        not reconnect by itself. A connecting socket connects again; a bound one waits.
+
+        Called only once what the peer had sent is read: a disconnect() takes effect
+        inside a later recv, and one that lands between the frames of a multipart
+        message aborts the process (libzmq's fq.cpp ``!_more`` assertion).
+        """
         log.warning("zmq source: %s dropped the link; reconnecting", self._cfg.endpoint)
         if not self._cfg.bind:
             self._socket.disconnect(self._cfg.endpoint)
