@@ -423,7 +423,8 @@ def build_pipeline(
             sinks.append(monitor)
         publisher = None
         if publish:
-            publisher = Publisher(cfg.publish, cfg.stream, metrics, hub, meta=source.metadata)
+            own = hub or PublishHub(cfg.publish)  # a single stream binds a socket of its own
+            publisher = Publisher(own, cfg.stream, metrics, meta=source.metadata)
             cleanup.callback(publisher.close)
             sinks.append(publisher)
         cleanup.pop_all()

@@ -113,22 +113,22 @@ class Publisher:
     itself drops for a subscriber that is too slow (past ``sndhwm``), which that
     subscriber sees as a gap in ``seq``.
 
-    Without ``hub``, the publisher binds a hub of its own from ``cfg``.
+    The publisher attaches to ``hub`` and detaches on `close`: a hub made for one
+    stream closes its socket with it.
     """
 
     name = "publish"
 
     def __init__(
         self,
-        cfg: PublishConfig,
+        hub: PublishHub,
         stream: str,
         metrics: StreamMetrics,
-        hub: PublishHub | None = None,
         *,
         meta: Mapping[str, Any] | None = None,
     ):
-        self._hub = PublishHub(cfg) if hub is None else hub
-        self._hub.attach()
+        self._hub = hub
+        hub.attach()
         self._cfg = self._hub.cfg
         self._stream = stream
         self.metrics = metrics

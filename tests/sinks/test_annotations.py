@@ -15,7 +15,7 @@ from streamer.config import PublishConfig, parse_config
 from streamer.metrics import StreamMetrics
 from streamer.pipeline import Pipeline
 from streamer.sinks.events import EventWriter
-from streamer.sinks.publisher import Publisher
+from streamer.sinks.publisher import Publisher, PublishHub
 
 from ..conftest import free_tcp_endpoint
 from ..helpers.collector import Collector
@@ -62,7 +62,7 @@ class EveryFifth:
 def test_annotations_are_published_and_written(tmp_path: Path) -> None:
     endpoint = free_tcp_endpoint()
     metrics = StreamMetrics("s", 1000, ["every5"], 100)
-    publisher = Publisher(PublishConfig(endpoint=endpoint), "s", metrics)
+    publisher = Publisher(PublishHub(PublishConfig(endpoint=endpoint)), "s", metrics)
     events_path = tmp_path / "events.jsonl"
     writer = EventWriter(events_path, "s", metrics, lossless=True)
     collector = Collector(endpoint)
