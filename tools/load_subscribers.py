@@ -20,6 +20,8 @@ import time
 from typing import Any
 
 # A subscriber: pyzmq and json only, counting messages and seq gaps until a quiet second.
+# It waits up to a minute for the first message: the daemon starts only after every
+# subscriber is ready, and on a loaded machine its start-up takes seconds.
 SUBSCRIBER = r"""
 import json, sys, zmq
 sock = zmq.Context().socket(zmq.SUB)
@@ -30,7 +32,7 @@ print("ready", flush=True)
 got = gaps = lost = 0
 first = last = None
 started = False
-while sock.poll(3000 if not started else 1000):
+while sock.poll(60000 if not started else 1000):
     started = True
     _, header, _ = sock.recv_multipart()
     seq = json.loads(header)["seq"]
