@@ -176,7 +176,6 @@ class MicSource:
                 stop.wait(wait_s)
                 wait_s = min(2 * wait_s, self._cfg.retry_max_s)
                 continue
-            self.counters["reopens"] += 1
             log.info("input device %s reopened", self.device)
             return True
         return False
@@ -214,6 +213,9 @@ class MicSource:
                         lost = round((time.monotonic_ns() - last_ns) * rate / 1e9)
                         lost -= lost % block_size
                         self.counters["lost_frames"] += lost
+                        # After lost_frames: a status read in between never shows the
+                        # reopen without the frames it lost.
+                        self.counters["reopens"] += 1
                         t0 += lost
                         last_ns = time.monotonic_ns()
                     continue
