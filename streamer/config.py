@@ -271,6 +271,26 @@ class FirConfig(_Model):
             "level, see docs/fir.md)."
         ),
     )
+    backend: Literal["numpy", "torch"] = Field(
+        "numpy",
+        description=(
+            "numpy (every algorithm, fastest for a few channels) or torch (the partitioned "
+            "algorithm on the CPU or a GPU, for many channels and long filters)."
+        ),
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="backend = torch: where the filter runs; cuda needs a CUDA GPU."
+    )
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> Self:
+        if self.backend == "numpy" and self.device != "cpu":
+            raise ValueError(f"device = {self.device!r} needs backend = 'torch'")
+        if self.backend == "torch" and self.algorithm not in ("auto", "partitioned"):
+            raise ValueError(
+                f"backend = 'torch' runs the partitioned algorithm, not {self.algorithm!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_design(self) -> Self:

@@ -44,6 +44,7 @@ import scipy.signal
 
 from streamer.block import Block, StreamLayout
 from streamer.config import FirConfig
+from streamer.stages.convolution import make_convolver
 from streamer.stages.fir import FirStage
 
 RATE = 48_000
@@ -121,7 +122,8 @@ def design(numtaps: int) -> F64:
 
 
 def build_stage(
-    x: F32, numtaps: int, block: int, algorithm: str, precision: str
+    x: F32, numtaps: int, block: int, algorithm: str, precision: str, backend: str = "numpy",
+    device: str = "cpu",
 ) -> tuple[FirStage, list[Block]]:
     """The stage for one configuration and ``x`` cut into its blocks, warmed up."""
     channels, frames = x.shape
@@ -132,6 +134,8 @@ def build_stage(
             "numtaps": numtaps,
             "algorithm": algorithm,
             "precision": precision,
+            "backend": backend,
+            "device": device,
         }
     )
     stage = FirStage(cfg, StreamLayout(channels, RATE), block_hint=block)
@@ -234,6 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="signal length, s")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="auto")
     parser.add_argument("--precision", choices=("float64", "float32"), default="float64")
+    parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch's")
+    parser.add_argument(
+        "--batch-streams", type=int, nargs="+",
+        help="instead of the grid: time S streams batched in one convolver, for each S, and "
+        "say how many keep up in real time (first --taps and --blocks)",
+    )  # fmt: skip
     parser.add_argument(
         "--lfilter-budget", type=float, default=0.25, help="seconds of lfilter per config"
     )
@@ -241,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-gnuradio", action="store_true", help="skip GNU Radio")
     parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
+    if args.batch_streams:
+        return batch_capacity(args)
 
     gr_python = None if args.no_gnuradio else find_gnuradio(args.gnuradio_python)
     gr_note = f"GNU Radio via {gr_python} (1 CPU)" if gr_python else "GNU Radio: not found"
@@ -279,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             for block in args.blocks:
                 used = frames // block * block
                 stage, blocks = build_stage(
-                    x[:, :used], numtaps, block, args.algorithm, args.precision
+                    x[:, :used], numtaps, block, args.algorithm, args.precision, args.backend,
+                    args.device,
                 )
                 # Stage and oaconvolve alternate, so that a slow spell of this (shared,
                 # noisy) machine hits both sides of their ratio alike.
@@ -343,6 +357,46 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
             writer.writerows(asdict(r) for r in rows)
         print(f"wrote {args.csv}")
+    return 0
+
+
+def batch_capacity(args: argparse.Namespace) -> int:
+    """S 48 kHz mono streams through one batched convolver: per-block time and RTF for each S.
+
+    The streams keep up while the p99 block time stays under the block period; the
+    largest such S is what one machine (or GPU) carries for this filter and block.
+    """
+    numtaps, block = args.taps[0], args.blocks[0]
+    taps = design(numtaps)
+    period_us = block / RATE * 1e6
+    print(f"M={numtaps}, B={block} ({period_us:.0f} us), {args.backend} on {args.device}, "
+          f"{args.precision}; median of {args.repeats} runs of {args.seconds:g} s")
+    print(f"{'streams':>7} {'med us':>9} {'p99 us':>9} {'RTF':>7} {'Msps':>7} {'keeps up':>8}")
+    rng = np.random.default_rng(0)
+    carried = 0
+    for streams in args.batch_streams:
+        conv = make_convolver(taps, streams=streams, channels=1, block=block,
+                              algorithm=args.algorithm, precision=args.precision,
+                              backend=args.backend, device=args.device)
+        count = int(args.seconds * RATE) // block
+        x = (0.25 * rng.standard_normal((streams, 1, block))).astype(np.float32)
+        out = np.empty_like(x)
+        for _ in range(20):
+            conv.process(x, out)
+        times: list[int] = []
+        for _ in range(args.repeats):
+            conv.reset()
+            for _ in range(count):
+                start = time.perf_counter_ns()
+                conv.process(x, out)
+                times.append(time.perf_counter_ns() - start)
+        med, p99 = float(np.median(times)) / 1e3, float(np.percentile(times, 99)) / 1e3
+        mean = float(np.mean(times)) / 1e3
+        keeps = p99 < period_us
+        carried = streams if keeps else carried
+        print(f"{streams:>7} {med:>9.1f} {p99:>9.1f} {mean / period_us:>7.4f} "
+              f"{streams * block / mean:>7.2f} {'yes' if keeps else 'no':>8}", flush=True)
+    print(f"largest batch that keeps up (p99 < period): {carried or 'none'} stream(s)")
     return 0
 
 

@@ -874,7 +874,9 @@ def make_convolver(
     algorithm: Algorithm | Literal["auto"] = "auto",
     precision: Precision = "float64",
     workers: int = 1,
-) -> OverlapSaveConvolver | PartitionedConvolver:
+    backend: Literal["numpy", "torch"] = "numpy",
+    device: str = "cpu",
+) -> Convolver:
     """Build the streaming convolver the cost model (or ``algorithm``) picks.
 
     Parameters
@@ -893,10 +895,15 @@ def make_convolver(
         Compute type. Default float64 (see docs/fir.md for the error of float32).
     workers : int, optional
         scipy.fft threads, used for batched transforms where they pay. Default 1.
+    backend : {"numpy", "torch"}, optional
+        torch: `streamer.stages.convolution_torch.TorchPartitionedConvolver`, the
+        partitioned algorithm (``algorithm`` must be "auto" or "partitioned").
+    device : {"cpu", "cuda"}, optional
+        The torch backend's device. Default the CPU.
 
     Returns
     -------
-    OverlapSaveConvolver or PartitionedConvolver
+    OverlapSaveConvolver, PartitionedConvolver or TorchPartitionedConvolver
         Its ``process(x, out)`` filters x of shape (streams, channels, frames),
         any float dtype, into ``out`` of the same shape; outputs equal
         ``scipy.signal.lfilter(h, 1, x)`` of each row's whole stream.
@@ -913,6 +920,16 @@ def make_convolver(
     """
     taps2 = np.atleast_2d(np.asarray(taps, dtype=np.float64))
     channels = taps2.shape[0] if channels is None else channels
+    if backend == "torch":
+        # Imported here: torch takes a second or two to load, which numpy users never pay.
+        from streamer.stages.convolution_torch import TorchPartitionedConvolver, torch_device
+
+        if algorithm not in ("auto", "partitioned"):
+            raise ValueError(f"the torch backend runs the partitioned algorithm, not {algorithm}")
+        plan = choose_plan(taps2.shape[1], block, streams * channels, "partitioned")
+        return TorchPartitionedConvolver(
+            taps2, plan, streams, channels, precision=precision, device=torch_device(device)
+        )
     plan = choose_plan(taps2.shape[1], block, streams * channels, algorithm)
     if plan.algorithm == "overlap-save":
         return OverlapSaveConvolver(

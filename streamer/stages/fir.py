@@ -12,8 +12,8 @@ import scipy.signal as sp_signal
 
 from streamer.block import Block, StreamLayout
 from streamer.config import FirConfig
-from streamer.errors import ConfigError, InputFileError
-from streamer.stages.convolution import Algorithm, Plan, fft_size_for, make_convolver
+from streamer.errors import BackendUnavailableError, ConfigError, InputFileError
+from streamer.stages.convolution import Algorithm, Convolver, Plan, fft_size_for, make_convolver
 
 __all__ = ["FirStage", "design_taps", "fft_size_for", "load_taps"]
 
@@ -275,7 +275,8 @@ class FirStage:
     adds none, whatever the algorithm: each block's output is ready when the
     block is.
 
-    Backends: numpy
+    Backends: numpy (every algorithm); torch on the CPU or CUDA (``backend = "torch"``,
+    the partitioned algorithm)
     """
 
     def __init__(
@@ -293,15 +294,20 @@ class FirStage:
         self.taps: Taps = taps
         self.numtaps: int = taps.shape[1]
         self.latency: int = _latency(taps)
-        self._convolver = make_convolver(
-            taps,
-            streams=1,
-            channels=layout.channels,
-            block=block_hint,
-            algorithm=cfg.algorithm,
-            precision=cfg.precision,
-            workers=cfg.fft_workers,
-        )
+        try:
+            self._convolver: Convolver = make_convolver(
+                taps,
+                streams=1,
+                channels=layout.channels,
+                block=block_hint,
+                algorithm=cfg.algorithm,
+                precision=cfg.precision,
+                workers=cfg.fft_workers,
+                backend=cfg.backend,
+                device=cfg.device,
+            )
+        except BackendUnavailableError as exc:
+            raise BackendUnavailableError(f"stages[{index}].device: {exc}") from exc
         self.plan: Plan = self._convolver.plan
         self.algorithm: Algorithm = self.plan.algorithm
         self.nfft: int = self.plan.nfft

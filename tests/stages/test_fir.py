@@ -16,7 +16,7 @@ import soundfile as sf
 
 from streamer.block import Block, StreamLayout
 from streamer.config import FirConfig, FirDesign, load_config, parse_config
-from streamer.errors import BlockLayoutError, ConfigError, InputFileError
+from streamer.errors import BackendUnavailableError, BlockLayoutError, ConfigError, InputFileError
 from streamer.stages import convolution
 from streamer.stages.convolution import (
     Algorithm,
@@ -843,3 +843,96 @@ def test_long_fir_example_config() -> None:
     assert stage.algorithm == "nonuniform"
     assert [level.size for level in stage.plan.levels] == [64, 1_024, 8_192]
     assert stage.latency == 32_767
+
+
+# ---------------------------------------------------------- the torch backend
+
+
+@pytest.mark.parametrize(("channels", "rows"), TAP_LAYOUTS, ids=["mono", "shared", "per-channel"])
+@pytest.mark.parametrize("numtaps", [1, 31, 257, 4096])
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_torch_backend_matches_lfilter(
+    tmp_path: Path, numtaps: int, channels: int, rows: int, precision: str
+) -> None:
+    rng = np.random.default_rng([numtaps, channels, rows, len(precision)])
+    taps = random_taps(rows, numtaps, rng)
+    block_hint = int(rng.choice([1, 3, 16, 100] if numtaps <= 257 else [16, 100, 256]))
+    stage = forced(tmp_path, taps, channels, "partitioned", block_hint, backend="torch",
+                   precision=precision)
+    assert stage.algorithm == "partitioned"
+    frames = 2 * numtaps + int(rng.integers(500, 3_000))
+    x = noise(channels, frames, seed=numtaps)
+    y = feed(stage, x, random_splits(frames, rng, stage.nfft + 37), RATE)
+    assert_close_to_peak(y, lfilter_ref(taps, x), 1e-5)
+    stage.reset()
+    assert_close_to_peak(feed(stage, x, [frames], RATE), y, 1e-6)
+
+
+def test_torch_backend_batch_equals_the_numpy_kernels() -> None:
+    rng = np.random.default_rng(8)
+    taps = random_taps(2, 3_000, rng)
+    x = rng.standard_normal((4, 2, 6_000)).astype(np.float32)
+    convs = [make_convolver(taps, streams=4, channels=2, block=64, algorithm="partitioned",
+                            backend=b) for b in ("numpy", "torch")]
+    outs = [np.empty_like(x), np.empty_like(x)]
+    start = 0
+    for n in random_splits(x.shape[-1], rng, 700):
+        for conv, out in zip(convs, outs, strict=True):
+            conv.process(x[..., start : start + n], out[..., start : start + n])
+        start += n
+    np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-6 * float(np.abs(outs[0]).max()))
+
+
+def test_torch_process_tensor_stays_on_its_device() -> None:
+    import torch
+
+    taps = random_taps(1, 500, np.random.default_rng(9))
+    conv = make_convolver(taps, channels=1, block=64, backend="torch")
+    x = torch.randn(1, 1, 1000, dtype=torch.float64)
+    from streamer.stages.convolution_torch import TorchPartitionedConvolver
+
+    assert isinstance(conv, TorchPartitionedConvolver)
+    y = conv.process_tensor(x)
+    assert y.device == x.device and y.shape == x.shape
+    assert_close_to_peak(y.numpy()[0], lfilter_ref(taps, x.numpy()[0]), 1e-9)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"backend": "torch", "algorithm": "nonuniform"}, "runs the partitioned algorithm"),
+        ({"device": "cuda"}, "device = 'cuda' needs backend = 'torch'"),
+    ],
+)
+def test_torch_backend_config_errors(fields: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_config({"stages": [{"kind": "fir", "numtaps": 31, "design": "lowpass",
+                                  "cutoff_hz": 1000.0, **fields}]}, environ={})
+
+
+def test_cuda_without_a_gpu_is_a_clear_start_up_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = FirConfig(design="lowpass", cutoff_hz=1000.0, numtaps=31, backend="torch", device="cuda")
+    with pytest.raises(BackendUnavailableError, match=r"stages\[0\]\.device: .*no CUDA device"):
+        FirStage(cfg, StreamLayout(1, RATE))
+
+
+def test_cuda_backend_matches_lfilter() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    rng = np.random.default_rng(10)
+    taps = random_taps(1, 65_536, rng)
+    conv = make_convolver(taps, streams=8, channels=1, block=256, backend="torch", device="cuda")
+    x = rng.standard_normal((8, 1, 100_000)).astype(np.float32)
+    y = np.empty_like(x)
+    start = 0
+    for n in random_splits(x.shape[-1], rng, 3_000):
+        conv.process(x[..., start : start + n], y[..., start : start + n])
+        start += n
+    for s in range(8):
+        assert_close_to_peak(y[s], lfilter_ref(taps, x[s]), 1e-5)

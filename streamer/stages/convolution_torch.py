@@ -1,0 +1,150 @@
+"""The FIR stage's torch backend: uniformly partitioned overlap-save on the CPU or a GPU.
+
+The same zero-latency algorithm as `streamer.stages.convolution.PartitionedConvolver`
+with one level (its docstring has the derivation): partitions of P frames, a
+frequency-domain delay line of the last N - 1 input spectra, and the head partition
+applied to the live input, so that a block of any size gets its exact outputs at
+once. Every array lives on the backend's device; `process_tensor` filters a tensor
+already there (nothing crosses the bus), `process` takes and fills numpy arrays.
+
+Its place: many rows at once. A torch call costs ~5-10 us on the CPU and a kernel
+launch as much on a GPU, whatever its size, so for one mono stream in small blocks
+the numpy kernels are faster; with many streams and channels batched (and long
+filters) the multiply-accumulate over the delay line dominates, which is what a GPU
+does best.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import scipy.fft as sp_fft
+import torch
+
+from streamer.errors import BackendUnavailableError
+from streamer.stages.convolution import Plan, Precision
+
+__all__ = ["TorchPartitionedConvolver", "torch_device"]
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device ``"cpu"`` or ``"cuda"``; BackendUnavailableError if CUDA is absent."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError(
+            f"device 'cuda' was asked for but torch {torch.__version__} sees no CUDA device"
+        )
+    return torch.device(name)
+
+
+class TorchPartitionedConvolver:
+    """Zero-latency uniformly partitioned overlap-save over a batch, in torch.
+
+    Parameters
+    ----------
+    taps : ndarray of float64, shape (1, M) or (channels, M)
+        One shared filter, or one per channel (broadcast over streams).
+    plan : Plan
+        A ``partitioned`` plan (one level, partition P = ``plan.fft_block``).
+    streams, channels : int
+        Batch shape; inputs are (streams, channels, frames).
+    precision : {"float64", "float32"}, optional
+        What the FFTs, spectra and delay line compute in. Default float64.
+    device : torch.device, optional
+        Where everything lives. Default the CPU.
+
+    Notes
+    -----
+    State per row: the last complete partition x_{T-1}, the frames of partition T
+    so far, the delay line of X_{T-1} .. X_{T-N+1} in a ring, and A_T = sum_{j>=1}
+    H_j X_{T-j}, computed when partition T starts. The ring's spectra are met by a
+    doubled copy of H (as in the numpy kernel), so the MAC is one product and one
+    sum over a contiguous slice, never a rotation.
+    """
+
+    def __init__(
+        self,
+        taps: npt.NDArray[np.float64],
+        plan: Plan,
+        streams: int,
+        channels: int,
+        *,
+        precision: Precision = "float64",
+        device: torch.device | None = None,
+    ) -> None:
+        if plan.algorithm != "partitioned" or len(plan.levels) != 1:
+            raise ValueError(f"the torch backend runs partitioned plans, not {plan.algorithm!r}")
+        taps = np.atleast_2d(np.asarray(taps, dtype=np.float64))
+        if taps.shape[0] not in (1, channels):
+            raise ValueError(f"taps must have 1 or {channels} rows, got {taps.shape[0]}")
+        self.plan = plan
+        self.device = device or torch.device("cpu")
+        self._real = torch.float64 if precision == "float64" else torch.float32
+        cplx = torch.complex128 if precision == "float64" else torch.complex64
+        p, n = plan.levels[0].size, plan.levels[0].count
+        self._p, self._n = p, n
+        padded = np.zeros((taps.shape[0], n * p))
+        padded[:, : taps.shape[1]] = taps
+        # Spectra of the partitions, (N, 1, rows, P + 1): broadcast over the streams.
+        spectra = sp_fft.rfft(padded.reshape(taps.shape[0], n, p).transpose(1, 0, 2), 2 * p)
+        h = torch.from_numpy(np.ascontiguousarray(spectra[:, None])).to(self.device, cplx)
+        self._h0 = h[0]
+        k = n - 1
+        # Doubled tail: G[m] = H_{K - (m mod K)} for the ring of K = N - 1 slots (see Notes).
+        self._tail_h = h[[k - (m % k) for m in range(2 * k)]] if k else h[:0]
+        shape = (streams, channels)
+        self._prev = torch.zeros(*shape, p, dtype=self._real, device=self.device)
+        self._seg = torch.zeros(*shape, 2 * p, dtype=self._real, device=self.device)
+        self._fdl = torch.zeros(k, *shape, p + 1, dtype=cplx, device=self.device)
+        self._acc = torch.zeros(*shape, p + 1, dtype=cplx, device=self.device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all input, as if just built."""
+        self._prev.zero_()
+        self._seg.zero_()
+        self._fdl.zero_()
+        self._acc.zero_()
+        self._fill = 0  # frames of the current partition so far
+        self._slot = 0  # ring slot of the newest spectrum
+
+    def process(self, x: npt.NDArray[np.floating], out: npt.NDArray[np.floating]) -> None:
+        """Filter numpy ``x`` (streams, channels, frames) into ``out`` (same shape)."""
+        y = self.process_tensor(torch.from_numpy(np.asarray(x)).to(self.device, self._real))
+        out[...] = y.cpu().numpy()
+
+    def process_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Filter ``x`` (streams, channels, frames) on the device; returns a new tensor."""
+        p, seg = self._p, self._seg
+        frames = x.shape[-1]
+        out = torch.empty(x.shape, dtype=self._real, device=self.device)
+        i = 0
+        while i < frames:
+            r = self._fill
+            take = min(p - r, frames - i)
+            end = r + take
+            seg[..., p + r : p + end] = x[..., i : i + take]
+            # [x_{T-1} | the frames of x_T so far | zeros]: the zeros stand for inputs whose
+            # outputs are not emitted yet (a causal filter's output q needs none after q).
+            if end < p:
+                seg[..., p + end :] = 0.0
+            spec = torch.fft.rfft(seg, dim=-1)
+            conv = torch.fft.irfft(spec * self._h0 + self._acc, n=2 * p, dim=-1)
+            out[..., i : i + take] = conv[..., p + r : p + end]
+            i += take
+            self._fill = end
+            if end == p:
+                self._boundary(spec)
+        return out
+
+    def _boundary(self, spec: torch.Tensor) -> None:
+        """Partition T is complete (``spec`` is X_T): push it, prepare A_{T+1}, slide."""
+        k = self._n - 1
+        if k:
+            self._slot = (self._slot + 1) % k
+            self._fdl[self._slot] = spec
+            w = self._slot
+            window = self._tail_h[k - 1 - w : 2 * k - 1 - w]
+            torch.sum(window * self._fdl, dim=0, out=self._acc)
+        seg, p = self._seg, self._p
+        seg[..., :p] = seg[..., p:]
+        self._fill = 0
