@@ -28,7 +28,6 @@ from pydantic import (
     Field,
     ValidationError,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 
@@ -73,6 +72,18 @@ def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
 
 
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def _resolve_model(value: str | None, info: ValidationInfo) -> str | None:
+    """A shipped model's name stays as it is; a model file given by path is made relative to
+    the config file's folder."""
+    if value is None or not (value.endswith(".npz") or "/" in value):
+        return value
+    resolved = _resolve_path(Path(value), info)
+    return None if resolved is None else str(resolved)
+
+
+ModelRef = Annotated[str, AfterValidator(_resolve_model)]
 
 
 class _Model(BaseModel):
@@ -408,7 +419,7 @@ class AnomalyConfig(_Model):
     spectrum_rate_hz: float = Field(
         0.0, ge=0, le=1000, description="Band spectra on spectrum/STREAM per second; 0 = off."
     )
-    model: str | None = Field(
+    model: ModelRef | None = Field(
         None,
         description="A learned model of normal operation: a shipped name ('demo-pump') or an "
         ".npz from tools/train_anomaly.py; its reconstruction error joins the detectors as "
@@ -424,15 +435,6 @@ class AnomalyConfig(_Model):
     classical: bool = Field(
         True, description="Run the classical detectors; false leaves the learned model alone."
     )
-
-    @field_validator("model")
-    @classmethod
-    def _resolve_model(cls, value: str | None, info: ValidationInfo) -> str | None:
-        """A model file given by path is relative to the config file's folder."""
-        if value is None or not (value.endswith(".npz") or "/" in value):
-            return value
-        resolved = _resolve_path(Path(value), info)
-        return None if resolved is None else str(resolved)
 
     @model_validator(mode="after")
     def _check_bands(self) -> Self:
@@ -456,15 +458,30 @@ class AnomalyConfig(_Model):
         return self
 
 
+CLASSICAL_FLOOR_DB = 15.0
+LEARNED_FLOOR_DB = 30.0
+_CLASSICAL_ONLY = ("frame_ms", "hop_ratio", "noise_window_s", "speech_ratio", "dd_alpha")
+_LEARNED_ONLY = ("model", "device")
+
+
 class DenoiseConfig(_Model):
     """A spectral denoiser: a Wiener gain against a noise floor tracked as the stream runs."""
 
     kind: Literal["denoise"] = "denoise"
     name: str | None = Field(None, description="Label in metrics; defaults to the kind.")
-    method: Literal["classical"] = Field(
+    method: Literal["classical", "learned"] = Field(
         "classical",
         description="classical: decision-directed Wiener gain over an MCRA noise tracker "
-        "(no training, any signal, sensors included).",
+        "(no training, any signal, sensors included). learned: a causal GRU predicting "
+        "per-band gains (model), 20 ms frames, trained on speech in many noises.",
+    )
+    model: ModelRef = Field(
+        "denoise-speech",
+        description="method = learned: a shipped model's name or an .npz from "
+        "tools/train_denoiser.py.",
+    )
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="method = learned: where the network runs (torch)."
     )
     frame_ms: float = Field(
         16.0,
@@ -475,12 +492,13 @@ class DenoiseConfig(_Model):
     hop_ratio: Literal[2, 4] = Field(
         2, description="Frames overlap: hop = frame / hop_ratio (sqrt-Hann analysis and synthesis)."
     )
-    max_attenuation_db: float = Field(
-        15.0,
+    max_attenuation_db: float | None = Field(
+        None,
         ge=0.0,
         le=60.0,
         description="Gain floor, dB below unity: deeper removes more noise and risks "
-        "'musical' residue.",
+        "'musical' residue (classical) or clipped word endings (learned). Unset: "
+        f"{CLASSICAL_FLOOR_DB:g} dB classical, {LEARNED_FLOOR_DB:g} dB learned.",
     )
     noise_window_s: float = Field(
         1.5,
@@ -503,6 +521,25 @@ class DenoiseConfig(_Model):
         description="Decision-directed smoothing of the a-priori SNR: near 1 suppresses "
         "musical noise at the cost of some smearing of onsets.",
     )
+
+    @model_validator(mode="after")
+    def _check_method_keys(self) -> Self:
+        """Keys of the other method are refused rather than silently ignored."""
+        other = _LEARNED_ONLY if self.method == "classical" else _CLASSICAL_ONLY
+        given = sorted(set(other) & self.model_fields_set)
+        if given:
+            raise ValueError(
+                f"{', '.join(given)} do(es) not apply to method = {self.method!r}"
+                + (" (the learned model's frames are 20 ms)" if self.method == "learned" else "")
+            )
+        return self
+
+    @property
+    def floor_db(self) -> float:
+        """The gain floor in use, dB below unity."""
+        if self.max_attenuation_db is not None:
+            return self.max_attenuation_db
+        return CLASSICAL_FLOOR_DB if self.method == "classical" else LEARNED_FLOOR_DB
 
 
 class ResampleConfig(_Model):

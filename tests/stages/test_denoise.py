@@ -131,7 +131,7 @@ def test_replay_with_the_example_config(tmp_path: Path) -> None:
     )
     sf.write(tmp_path / "noisy.wav", noisy, RATE, subtype="FLOAT")
     out = tmp_path / "clean.wav"
-    cfg = ROOT / "config" / "denoise.toml"
+    cfg = ROOT / "config" / "denoise-classical.toml"
     argv = ["replay", str(tmp_path / "noisy.wav"), "--config", str(cfg), "--output", str(out)]
     assert main(argv) == 0
     y, rate = sf.read(out, dtype="float64")
