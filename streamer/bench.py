@@ -15,6 +15,11 @@ For every block size B the sweep runs the configured pipeline twice:
 
 The recommended block size is the smallest whose p99 processing time stays
 under ``share`` of its period; the knee is where deadline misses begin.
+
+The sweep repeats for each compute backend asked for (`BACKENDS`) that changes
+something in the pipeline: ``torch`` moves the FIR stages to their torch kernels
+on the CPU, ``cuda`` moves them and the learned denoiser to the GPU; conclusions
+are drawn per backend.
 """
 
 from __future__ import annotations
@@ -38,13 +43,14 @@ import numpy as np
 import numpy.typing as npt
 
 from streamer.block import Block, StreamLayout
-from streamer.config import Config, FileSourceConfig, with_overrides
+from streamer.config import Config, DenoiseConfig, FileSourceConfig, FirConfig, with_overrides
 from streamer.metrics import BlockTiming, StreamMetrics
 from streamer.pipeline import Pipeline, build_pipeline
 from streamer.sources import NO_METADATA, open_source
 from streamer.stages import Stage, build_stages
 
 __all__ = [
+    "BACKENDS",
     "BenchPoint",
     "BenchReport",
     "SubscriberProbe",
@@ -56,6 +62,11 @@ __all__ = [
     "record_signal",
     "run_sweep",
 ]
+
+BACKENDS = ("numpy", "torch", "cuda")
+"""numpy: every stage on its numpy kernels (the learned denoiser, torch only, on the CPU);
+torch: the FIR stages on torch's CPU kernels; cuda: the FIR stages and the learned
+denoiser on the GPU."""
 
 MISS_RATE_LIMIT = 0.01
 """A block size whose deadline-miss rate is at or above this does not keep up."""
@@ -90,12 +101,17 @@ class BenchPoint:
 
 @dataclass
 class BenchReport:
+    """The sweep's points and conclusions; ``recommended_block`` and ``knee_block`` are the
+    first backend's, ``backends`` has them for each backend measured."""
+
     machine: dict[str, Any]
     config: dict[str, Any]
     share: float
     points: list[BenchPoint] = field(default_factory=list)
     recommended_block: int | None = None
     knee_block: int | None = None
+    backends: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    skipped_backends: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> str:
         """Strict JSON: NaN (nothing measured) becomes null."""
@@ -210,12 +226,14 @@ def measure_processing(
     min_seconds: float = 0.5,
     max_seconds: float = 3.0,
     make_stages: StageFactory | None = None,
+    backend: str = "numpy",
 ) -> BenchPoint:
     """Run ``streams`` copies of the pipeline flat out on ``signal`` and time every block.
 
     Stops once every stream has processed ``warmup_blocks + min_blocks`` blocks and
     ``min_seconds`` have passed, or at ``max_seconds`` with what it has.
-    ``make_stages`` replaces the configured stages (tests inject a known delay).
+    ``make_stages`` replaces the configured stages (tests inject a known delay);
+    ``backend`` labels the point (`with_backend` makes the config).
     """
     cfg = with_overrides(cfg, {"pipeline": {"block": block}})
     layout = StreamLayout(signal.shape[0], rate)
@@ -259,7 +277,7 @@ def measure_processing(
         block=block,
         rate=rate,
         streams=streams,
-        backend="numpy",
+        backend=backend,
         period_ms=block / rate * 1e3,
         algorithmic_latency_samples=runs[0][0].algorithmic_latency,
         algorithmic_latency_ms=runs[0][0].algorithmic_latency_s * 1e3,
@@ -379,6 +397,46 @@ def measure_latency(
     }
 
 
+def cuda_device() -> str | None:
+    """The name of the GPU torch would use, or None (no torch, or no CUDA device)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return str(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
+
+
+def with_backend(cfg: Config, backend: str) -> tuple[Config | None, str]:
+    """``cfg`` with its stages moved to ``backend``, or None and why not.
+
+    numpy is always measured. torch needs a FIR stage (nothing else has torch CPU
+    kernels that numpy lacks); cuda needs a FIR stage or a learned denoiser, and a
+    CUDA device.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: choose from {', '.join(BACKENDS)}")
+    if backend == "cuda" and cuda_device() is None:
+        return None, "torch sees no CUDA device"
+    device = "cuda" if backend == "cuda" else "cpu"
+    stages: list[Any] = []
+    moved = False
+    for stage in cfg.stages:
+        if isinstance(stage, FirConfig):
+            update: dict[str, Any] = (
+                {"backend": "numpy", "device": "cpu"} if backend == "numpy"
+                else {"backend": "torch", "device": device, "algorithm": "partitioned"}
+            )  # fmt: skip
+            stage = stage.model_copy(update=update)
+            moved = True
+        elif isinstance(stage, DenoiseConfig) and stage.method == "learned":
+            stage = stage.model_copy(update={"device": device})
+            moved = moved or backend == "cuda"
+        stages.append(stage)
+    if backend != "numpy" and not moved:
+        return None, f"no stage of this pipeline runs on {backend}"
+    return cfg.model_copy(update={"stages": stages}), ""
+
+
 # ------------------------------------------------------------ conclusions
 
 
@@ -428,7 +486,7 @@ def machine_description() -> dict[str, Any]:
         "scipy": _version("scipy"),
         "pyzmq": _version("pyzmq"),
         "torch": _version("torch"),
-        "device": "cpu",
+        "device": cuda_device() or "cpu",
         "streamer": _version("streamer"),
     }
 
@@ -441,46 +499,77 @@ def run_sweep(
     streams: int = 1,
     latency: bool = True,
     find_knee: bool = True,
+    backends: Sequence[str] = ("numpy",),
     signal_seconds: float = 10.0,
     latency_seconds: float = 1.5,
     probe_cpus: set[int] | None = None,
     on_point: Callable[[BenchPoint], None] | None = None,
     endpoint: str = "tcp://127.0.0.1:0",
 ) -> BenchReport:
-    """Measure every block size in ``blocks`` (and, with ``find_knee``, halve below the
-    smallest until deadlines are missed), then conclude."""
+    """Measure every block size in ``blocks`` on each backend (and, with ``find_knee``,
+    halve below the smallest until deadlines are missed), then conclude per backend."""
     signal, rate = record_signal(cfg, signal_seconds)
     report = BenchReport(machine_description(), cfg.model_dump(mode="json"), share)
     probe = SubscriberProbe(_bound_endpoint(endpoint), probe_cpus) if latency else None
     try:
-        todo = sorted(set(blocks), reverse=True)
-        while todo:
-            block = todo.pop()
-            point = measure_processing(cfg, signal, rate, block, streams=streams)
-            if probe is not None:
-                # Live at real-time pace: long enough for ~30 blocks at large sizes.
-                seconds = min(max(latency_seconds, 30 * block / rate), 6.0)
-                live = measure_latency(cfg, block, probe, streams=streams, duration_s=seconds)
-                for key, value in live.items():
-                    setattr(point, key, value)
-            report.points.append(point)
-            if on_point is not None:
-                on_point(point)
-        while find_knee and report.points:
-            smallest = min(report.points, key=lambda p: p.block)
-            if smallest.miss_rate >= MISS_RATE_LIMIT or smallest.block == 1:
-                break
-            point = measure_processing(cfg, signal, rate, smallest.block // 2, streams=streams)
-            report.points.append(point)
-            if on_point is not None:
-                on_point(point)
+        for backend in backends:
+            moved, why = with_backend(cfg, backend)
+            if moved is None:
+                report.skipped_backends[backend] = why
+                continue
+            points = _sweep_one(moved, backend, signal, rate, blocks, streams, probe,
+                                latency_seconds, find_knee, on_point)  # fmt: skip
+            report.points.extend(points)
+            report.backends[backend] = {
+                "recommended_block": recommend(points, share), "knee_block": knee(points)
+            }
     finally:
         if probe is not None:
             probe.close()
-    report.points.sort(key=lambda p: p.block)
-    report.recommended_block = recommend(report.points, share)
-    report.knee_block = knee(report.points)
+    if report.backends:
+        first = report.backends[next(iter(report.backends))]
+        report.recommended_block = first["recommended_block"]
+        report.knee_block = first["knee_block"]
     return report
+
+
+def _sweep_one(
+    cfg: Config,
+    backend: str,
+    signal: npt.NDArray[np.float32],
+    rate: int,
+    blocks: Sequence[int],
+    streams: int,
+    probe: SubscriberProbe | None,
+    latency_seconds: float,
+    find_knee: bool,
+    on_point: Callable[[BenchPoint], None] | None,
+) -> list[BenchPoint]:
+    """One backend's sweep, sorted by block size."""
+    points: list[BenchPoint] = []
+
+    def add(point: BenchPoint) -> None:
+        points.append(point)
+        if on_point is not None:
+            on_point(point)
+
+    for block in sorted(set(blocks)):
+        point = measure_processing(cfg, signal, rate, block, streams=streams, backend=backend)
+        if probe is not None:
+            # Live at real-time pace: long enough for ~30 blocks at large sizes.
+            seconds = min(max(latency_seconds, 30 * block / rate), 6.0)
+            live = measure_latency(cfg, block, probe, streams=streams, duration_s=seconds)
+            for key, value in live.items():
+                setattr(point, key, value)
+        add(point)
+    while find_knee and points:
+        smallest = min(points, key=lambda p: p.block)
+        if smallest.miss_rate >= MISS_RATE_LIMIT or smallest.block == 1:
+            break
+        add(measure_processing(cfg, signal, rate, smallest.block // 2, streams=streams,
+                               backend=backend))  # fmt: skip
+    points.sort(key=lambda p: p.block)
+    return points
 
 
 def _bound_endpoint(endpoint: str) -> str:

@@ -56,7 +56,7 @@ def csv_rows(report: BenchReport) -> list[dict[str, Any]]:
 HEADER = (
     f"{'block':>6} {'period':>8} {'algo':>8} {'proc p50':>9} {'p99':>8} {'max':>8} "
     f"{'miss %':>7} {'RTF':>7} {'CPU s/s':>8} {'e2e p50':>8} {'e2e p99':>8} {'drops':>6} "
-    f"{'streams':>8}"
+    f"{'streams':>8} {'backend':>8}"
 )
 
 
@@ -67,7 +67,7 @@ def table_row(p: BenchPoint) -> str:
         f"{_fmt(p.processing_ms['p50']):>9} {_fmt(p.processing_ms['p99']):>8} "
         f"{_fmt(p.processing_ms['max']):>8} {_fmt(100 * p.miss_rate, 1):>7} {_fmt(p.rtf, 4):>7} "
         f"{_fmt(p.cpu_per_signal_s, 4):>8} {_fmt(e2e.get('p50')):>8} {_fmt(e2e.get('p99')):>8} "
-        f"{p.live_dropped_blocks:>6} {_fmt(p.realtime_streams, 0):>8}"
+        f"{p.live_dropped_blocks:>6} {_fmt(p.realtime_streams, 0):>8} {p.backend:>8}"
     )
 
 
@@ -84,10 +84,14 @@ def table(report: BenchReport) -> str:
         *(table_row(p) for p in report.points),
     ]
     share = f"{100 * report.share:.0f} %"
-    lines.append(
-        f"recommended block: {report.recommended_block} (smallest with p99 processing "
-        f"<= {share} of the period); deadline misses begin below {report.knee_block}"
-    )
+    for backend, found in report.backends.items():
+        lines.append(
+            f"{backend}: recommended block {found['recommended_block']} (smallest with p99 "
+            f"processing <= {share} of the period); deadline misses begin below "
+            f"{found['knee_block']}"
+        )
+    lines += [f"{backend}: not measured ({why})" for backend, why in
+              report.skipped_backends.items()]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -98,7 +102,8 @@ def plot(report: BenchReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = report.points
+    first = report.points[0].backend if report.points else ""
+    pts = [p for p in report.points if p.backend == first]
     blocks = [p.block for p in pts]
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     ax.plot(blocks, [p.period_ms for p in pts], "k--", label="block period (deadline)")
@@ -113,6 +118,11 @@ def plot(report: BenchReport, path: Path) -> None:
     for name in pts[0].stages_ms if pts else []:
         ax.plot(blocks, [p.stages_ms[name]["p99"] for p in pts], ".-", lw=0.8, alpha=0.7,
                 label=f"  {name} p99")  # fmt: skip
+    others = [b for b in report.backends if b != first]
+    for backend, colour in zip(others, ("tab:brown", "tab:pink"), strict=False):
+        other = [p for p in report.points if p.backend == backend]
+        ax.plot([p.block for p in other], [p.processing_ms["p99"] for p in other], "D--",
+                color=colour, label=f"processing p99, {backend} backend")  # fmt: skip
     e2e = [(p.block, p.end_to_end_ms["p99"]) for p in pts if p.end_to_end_ms]
     if e2e:
         ax.plot(*zip(*e2e, strict=True), "^-", color="tab:green",
@@ -122,7 +132,7 @@ def plot(report: BenchReport, path: Path) -> None:
                    label="misses deadlines")  # fmt: skip
     if report.recommended_block is not None:
         ax.axvline(report.recommended_block, color="tab:green", lw=2, alpha=0.5,
-                   label=f"recommended block {report.recommended_block}")  # fmt: skip
+                   label=f"recommended block {report.recommended_block} ({first})")  # fmt: skip
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("block size (samples)")

@@ -106,16 +106,20 @@ def test_bench_command_writes_its_outputs(tmp_path: Path, cli_env: dict[str, str
         capture_output=True, text=True, env=cli_env, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "recommended block" in proc.stdout
+    assert "numpy: recommended block" in proc.stdout
     report = json.loads((out / "bench.json").read_text())
-    (row,) = report["points"]
-    assert row["block"] == 512 and row["blocks_measured"] >= 1000
-    assert row["end_to_end_count"] > 10
-    assert 0 < row["end_to_end_ms"]["p50"] < row["period_ms"] + row["algorithmic_latency_ms"]
-    assert set(row["stages_ms"]) == {"fir", "anomaly"}
+    # The default pipeline's FIR stage runs on numpy and on torch's CPU kernels.
+    rows = {row["backend"]: row for row in report["points"]}
+    assert set(rows) == {"numpy", "torch"} | ({"cuda"} if "cuda" in report["backends"] else set())
+    for row in rows.values():
+        assert row["block"] == 512 and row["blocks_measured"] >= 1000
+        assert row["end_to_end_count"] > 10
+        assert 0 < row["end_to_end_ms"]["p50"] < row["period_ms"] + row["algorithmic_latency_ms"]
+        assert set(row["stages_ms"]) == {"fir", "anomaly"}
+    assert set(report["backends"]) | set(report["skipped_backends"]) == {"numpy", "torch", "cuda"}
     assert report["machine"]["cores"] >= 1
     csv_lines = (out / "bench.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("block,rate,streams") and len(csv_lines) == 2
+    assert csv_lines[0].startswith("block,rate,streams") and len(csv_lines) == 1 + len(rows)
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -125,3 +129,26 @@ def test_bench_refuses_bad_options(cli_env: dict[str, str]) -> None:
         timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 2 and "--share 2.0 must be in (0, 1]" in proc.stderr
+
+
+def test_backends_move_only_the_stages_that_have_them() -> None:
+    from streamer.bench import with_backend
+    from streamer.config import parse_config
+
+    fir = {"kind": "fir", "design": "lowpass", "cutoff_hz": 1000.0, "numtaps": 63,
+           "algorithm": "nonuniform"}  # fmt: skip
+    cfg = parse_config({"stages": [fir, {"kind": "anomaly"}]}, environ={})
+    moved, why = with_backend(cfg, "torch")
+    assert moved is not None and why == ""
+    stage = moved.stages[0]
+    assert (stage.backend, stage.device, stage.algorithm) == ("torch", "cpu", "partitioned")
+    assert moved.stages[1] == cfg.stages[1]
+    numpy_cfg, _ = with_backend(moved, "numpy")
+    assert numpy_cfg is not None and numpy_cfg.stages[0].backend == "numpy"
+    only_anomaly = parse_config({"stages": [{"kind": "anomaly"}]}, environ={})
+    assert with_backend(only_anomaly, "torch") == (None, "no stage of this pipeline runs on torch")
+    none, why = with_backend(cfg, "cuda")
+    import torch
+
+    if not torch.cuda.is_available():
+        assert none is None and why == "torch sees no CUDA device"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamer.bench import run_sweep
+from streamer.bench import BACKENDS, run_sweep
 from streamer.bench_report import HEADER, table, table_row, write_outputs
 from streamer.config import load_stream
 from streamer.errors import ConfigError
@@ -40,6 +40,14 @@ def add_parser(commands: argparse._SubParsersAction[Any]) -> None:
         "period (default 0.5)",
     )
     parser.add_argument("--streams", type=int, default=1, help="run N streams at once (default 1)")
+    parser.add_argument(
+        "--backends",
+        type=_backend_list,
+        default=BACKENDS,
+        help="comma-separated compute backends to sweep, each where it changes the pipeline "
+        "and is present: numpy (always), torch (FIR stages on torch's CPU kernels), cuda (FIR "
+        "and learned denoiser on the GPU); default all",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
     parser.add_argument("--cpu", type=int, help="pin the pipeline to this CPU core")
     parser.add_argument(
@@ -63,6 +71,16 @@ def _block_list(text: str) -> tuple[int, ...]:
     return blocks
 
 
+def _backend_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in BACKENDS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: backends are a comma-separated list of {', '.join(BACKENDS)}"
+        )
+    return names
+
+
 def handle(args: argparse.Namespace) -> int:
     cfg = load_stream(args.config)
     if not 0 < args.share <= 1:
@@ -77,7 +95,7 @@ def handle(args: argparse.Namespace) -> int:
         # Threads started from now on inherit the pin; the subscriber gets the other cores.
         os.sched_setaffinity(0, {args.cpu})
         probe_cpus = (usable - {args.cpu}) or usable
-    print(HEADER, file=sys.stderr)
+    print(HEADER, file=sys.stderr)  # rows as they are measured; the table again at the end
     report = run_sweep(
         cfg,
         args.blocks,
@@ -85,6 +103,7 @@ def handle(args: argparse.Namespace) -> int:
         streams=args.streams,
         latency=not args.no_latency,
         find_knee=not args.no_knee,
+        backends=args.backends,
         probe_cpus=probe_cpus,
         on_point=lambda point: print(table_row(point), file=sys.stderr),
     )
