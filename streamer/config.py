@@ -282,6 +282,14 @@ class FirConfig(_Model):
             "level, see docs/fir.md)."
         ),
     )
+    fft_library: Literal["auto", "scipy", "pyfftw"] = Field(
+        "auto",
+        description=(
+            "numpy backend: who computes the transforms longer than numpy's: auto takes "
+            "pyFFTW (FFTW, 3-5x faster for long filters; GPL) when it is installed, else "
+            "scipy.fft."
+        ),
+    )
     backend: Literal["numpy", "torch"] = Field(
         "numpy",
         description=(

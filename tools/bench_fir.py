@@ -123,7 +123,7 @@ def design(numtaps: int) -> F64:
 
 def build_stage(
     x: F32, numtaps: int, block: int, algorithm: str, precision: str, backend: str = "numpy",
-    device: str = "cpu",
+    device: str = "cpu", fft_library: str = "auto",
 ) -> tuple[FirStage, list[Block]]:
     """The stage for one configuration and ``x`` cut into its blocks, warmed up."""
     channels, frames = x.shape
@@ -136,6 +136,7 @@ def build_stage(
             "precision": precision,
             "backend": backend,
             "device": device,
+            "fft_library": fft_library,
         }
     )
     stage = FirStage(cfg, StreamLayout(channels, RATE), block_hint=block)
@@ -238,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="signal length, s")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="auto")
     parser.add_argument("--precision", choices=("float64", "float32"), default="float64")
+    parser.add_argument("--fft-library", choices=("auto", "scipy", "pyfftw"), default="auto")
     parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch's")
     parser.add_argument(
@@ -293,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 used = frames // block * block
                 stage, blocks = build_stage(
                     x[:, :used], numtaps, block, args.algorithm, args.precision, args.backend,
-                    args.device,
+                    args.device, args.fft_library,
                 )
                 # Stage and oaconvolve alternate, so that a slow spell of this (shared,
                 # noisy) machine hits both sides of their ratio alike.
@@ -377,7 +379,8 @@ def batch_capacity(args: argparse.Namespace) -> int:
     for streams in args.batch_streams:
         conv = make_convolver(taps, streams=streams, channels=1, block=block,
                               algorithm=args.algorithm, precision=args.precision,
-                              backend=args.backend, device=args.device)
+                              backend=args.backend, device=args.device,
+                              fft_library=args.fft_library)
         count = int(args.seconds * RATE) // block
         x = (0.25 * rng.standard_normal((streams, 1, block))).astype(np.float32)
         out = np.empty_like(x)

@@ -303,11 +303,12 @@ class FirStage:
                 algorithm=cfg.algorithm,
                 precision=cfg.precision,
                 workers=cfg.fft_workers,
+                fft_library=cfg.fft_library,
                 backend=cfg.backend,
                 device=cfg.device,
             )
         except BackendUnavailableError as exc:
-            raise BackendUnavailableError(f"stages[{index}].device: {exc}") from exc
+            raise BackendUnavailableError(f"stages[{index}]: {exc}") from exc
         self.plan: Plan = self._convolver.plan
         self.algorithm: Algorithm = self.plan.algorithm
         self.nfft: int = self.plan.nfft
