@@ -235,6 +235,22 @@ class Pipeline:
         finally:
             self._finish()
 
+    def serve_queued(self) -> bool | None:
+        """Process one queued item, for a `SharedProcessor`: None when none is queued,
+        True when the stream goes on, False once it has ended (sinks closed, ``done``)."""
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        try:
+            going = self._take(item)
+        except BaseException as exc:
+            self._fail(exc)
+            going = False
+        if not going:
+            self._finish()
+        return going
+
     def _take(self, item: Block | object) -> bool:
         """Process one queued item; False at the end of the stream."""
         if item is _END:
@@ -351,18 +367,11 @@ class SharedProcessor:
             # Fair turns: start after the stream served last.
             for k in range(len(pipelines)):
                 pipeline = pipelines[(self._next + k) % len(pipelines)]
-                try:
-                    item = pipeline._queue.get_nowait()
-                except queue.Empty:
+                served = pipeline.serve_queued()
+                if served is None:
                     continue
                 self._next = (self._next + k + 1) % len(pipelines)
-                try:
-                    going = pipeline._take(item)
-                except BaseException as exc:
-                    pipeline._fail(exc)
-                    going = False
-                if not going:
-                    pipeline._finish()
+                if not served:
                     with self._lock:
                         self._pipelines.remove(pipeline)
                 break
