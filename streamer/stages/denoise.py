@@ -60,7 +60,10 @@ class McraWiener:
         self._gain = np.ones(shape)
         self._gamma_prev = np.ones(shape)
         self._smooth = np.zeros(shape)
-        self._scratch = np.zeros(shape)
+        self._alpha = np.zeros(shape)
+        self._gamma = np.zeros(shape)
+        self._xi = np.zeros(shape)
+        self._tmp = np.zeros(shape)
         self.reset()
 
     def reset(self) -> None:
@@ -92,21 +95,39 @@ class McraWiener:
             self._subs[slot] = self._s_cur
             self._subs.min(axis=0, out=self._s_min)
             self._s_cur[...] = s
-        present = s > self.cfg.speech_ratio * self._s_min
+        tmp = self._tmp
+        # Presence: p <- a_p p + (1 - a_p) [s > ratio * s_min].
+        np.multiply(self._s_min, self.cfg.speech_ratio, out=tmp)
+        np.greater(s, tmp, out=tmp, casting="unsafe")
         p = self._p
         p *= _ALPHA_P
-        p += (1.0 - _ALPHA_P) * present
-        alpha = self._scratch
+        tmp *= 1.0 - _ALPHA_P
+        p += tmp
+        # Noise: n <- alpha n + (1 - alpha) P, alpha = a_d + (1 - a_d) p.
+        alpha = self._alpha
         np.multiply(p, 1.0 - _ALPHA_D, out=alpha)
         alpha += _ALPHA_D
         noise = self._noise
         noise *= alpha
-        noise += (1.0 - alpha) * power
-        gamma = power / np.maximum(noise, _EPS)
+        np.subtract(1.0, alpha, out=tmp)
+        tmp *= power
+        noise += tmp
+        # Decision-directed a-priori SNR and the Wiener gain, floored.
+        gamma = self._gamma
+        np.maximum(noise, _EPS, out=gamma)
+        np.divide(power, gamma, out=gamma)
         a = self.cfg.dd_alpha
-        xi = a * self._gain**2 * self._gamma_prev + (1.0 - a) * np.maximum(gamma - 1.0, 0.0)
+        xi = self._xi
         gain = self._gain
-        np.divide(xi, 1.0 + xi, out=gain)
+        np.multiply(gain, gain, out=xi)
+        xi *= self._gamma_prev
+        xi *= a
+        np.subtract(gamma, 1.0, out=tmp)
+        np.maximum(tmp, 0.0, out=tmp)
+        tmp *= 1.0 - a
+        xi += tmp
+        np.add(xi, 1.0, out=tmp)
+        np.divide(xi, tmp, out=gain)
         np.maximum(gain, self._floor, out=gain)
         self._gamma_prev[...] = gamma
         return gain
@@ -267,14 +288,13 @@ class DenoiseStage:
         if self._around is not None:
             return block.with_samples(self._around.process(block))
         spectra = self._stft.process(block.samples)
-        if isinstance(self._rule, LearnedGains):
-            if spectra.shape[1]:
-                power = spectra.real**2 + spectra.imag**2
+        if spectra.shape[1]:
+            power = spectra.real**2 + spectra.imag**2  # (ch, frames, bins), once per block
+            if isinstance(self._rule, LearnedGains):
                 spectra *= self._rule.gains(power)
-        else:
-            for j in range(spectra.shape[1]):
-                frame = spectra[:, j]
-                frame *= self._rule.gains(frame.real**2 + frame.imag**2)
+            else:
+                for j in range(spectra.shape[1]):
+                    spectra[:, j] *= self._rule.gains(power[:, j])
         self._fifo.push(self._istft.process(spectra))
         return block.with_samples(self._fifo.pop(block.frames))
 
