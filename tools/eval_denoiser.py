@@ -24,7 +24,7 @@ latency). Metrics: SI-SDR improvement over the noisy clip (dB), PESQ wideband
 Real-time factor: processing time / audio time, one thread, the streaming methods at
 their own rate (the learned stage at 16 kHz and at 48 kHz, 256-frame blocks).
 
-    .venv/bin/python tools/eval_denoiser.py --out docs/bench/denoise   # ~10 min
+    .venv/bin/python tools/eval_denoiser.py --out docs/bench/denoise   # ~5 min
 """
 
 from __future__ import annotations
