@@ -27,6 +27,9 @@ _MIN_NS: Final = 100.0
 _GROWTH: Final = 1.01
 _BINS: Final = int(math.log(2e12 / _MIN_NS) / math.log(_GROWTH)) + 2
 _LOG_GROWTH: Final = math.log(_GROWTH)
+RECENT_BLOCKS: Final = 1000
+"""Blocks in the ``recent_processing_ms`` window: a daemon's last few seconds, which the
+whole-run figures (dominated by their start-up after a while) hide."""
 
 
 class LatencyHistogram:
@@ -126,12 +129,15 @@ class StreamMetrics:
         self.stages = [LatencyHistogram() for _ in stage_names]
         self.end_to_end = LatencyHistogram()
         self.processing_time_ns = 0
+        # The last RECENT_BLOCKS processing times, a ring written in place.
+        self._recent: npt.NDArray[np.int64] = np.zeros(RECENT_BLOCKS, dtype=np.int64)
 
     def record_block(self, frames: int, timing: BlockTiming) -> None:
         with self._lock:
             self.blocks += 1
             self.frames += frames
             self.processing.record(timing.processing_ns)
+            self._recent[(self.blocks - 1) % RECENT_BLOCKS] = timing.processing_ns
             self.processing_time_ns += timing.processing_ns
             self.queue_wait.record(max(timing.queue_ns, 0))
             if timing.stage_names and timing.stage_names != self.stage_names:
@@ -184,6 +190,7 @@ class StreamMetrics:
                 "nonfinite_samples": self.nonfinite_samples,
                 "rtf": round(self.processing_time_ns / 1e9 / signal_s, 6) if signal_s else None,
                 "processing_ms": self.processing.summary_ms(),
+                "recent_processing_ms": self._recent_summary_ms(),
                 "stages_ms": {
                     name: hist.summary_ms()
                     for name, hist in zip(self.stage_names, self.stages, strict=True)
@@ -193,6 +200,16 @@ class StreamMetrics:
             }
 
 
+    def _recent_summary_ms(self) -> dict[str, float | None]:
+        """p50, p99 and max in ms of the last `RECENT_BLOCKS` blocks (exact; lock held)."""
+        recent = self._recent[: min(self.blocks, RECENT_BLOCKS)]
+        if recent.size == 0:
+            return {"p50": None, "p99": None, "max": None}
+        p50, p99 = np.percentile(recent, [50, 99])
+        return {"p50": round(float(p50) / 1e6, 4), "p99": round(float(p99) / 1e6, 4),
+                "max": round(float(recent.max()) / 1e6, 4)}
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -200,6 +217,7 @@ def _ms(value: float | None) -> str:
 def status_line(snap: dict[str, Any]) -> str:
     """One human line from a snapshot, for the terminal and logs."""
     proc, e2e = snap["processing_ms"], snap["end_to_end_ms"]
+    recent = snap.get("recent_processing_ms") or {}
     sink_drops = sum(snap["sink_drops"].values())
     source = snap.get("source") or {}
     device = f"  input {source['state']}" if "state" in source else ""
@@ -209,7 +227,8 @@ def status_line(snap: dict[str, Any]) -> str:
             device += f" {key} {sum(value.values()) if isinstance(value, dict) else value}"
     return (
         f"{snap['uptime_s']:8.1f}s  blocks {snap['blocks']}  "
-        f"proc p50/p99/max {_ms(proc['p50'])}/{_ms(proc['p99'])}/{_ms(proc['max'])} ms  "
+        f"proc p50/p99/max {_ms(proc['p50'])}/{_ms(proc['p99'])}/{_ms(proc['max'])} ms "
+        f"(last {RECENT_BLOCKS} p99 {_ms(recent.get('p99'))})  "
         f"e2e p50/p99 {_ms(e2e['p50'])}/{_ms(e2e['p99'])} ms  "
         f"misses {snap['deadline_misses']}  drops {snap['dropped_blocks']}+{sink_drops}  "
         f"nonfinite {snap['nonfinite_samples']}  queue {snap['queue_depth']}{device}"

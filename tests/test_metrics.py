@@ -50,3 +50,21 @@ def test_stream_metrics_snapshot() -> None:
     assert abs(snap["end_to_end_ms"]["p50"] - 2.0) < 0.03
     line = status_line(snap)
     assert "misses 1" in line and "drops 1+1" in line
+
+
+def test_recent_processing_follows_the_last_blocks_only() -> None:
+    """A slow start-up burst dominates the whole-run p99 for ever; the recent window
+    forgets it after RECENT_BLOCKS blocks."""
+    from streamer.metrics import RECENT_BLOCKS
+
+    metrics = StreamMetrics("main", 48000, [], 256)
+    assert metrics.snapshot()["recent_processing_ms"] == {"p50": None, "p99": None, "max": None}
+    period = 256 * 10**9 // 48000
+    for ns in [50_000_000] * 100 + [100_000] * RECENT_BLOCKS:  # 50 ms, then 0.1 ms
+        metrics.record_block(256, BlockTiming(0, ns, (), period, 0))
+    snap = metrics.snapshot()
+    assert snap["processing_ms"]["max"] == 50.0 and snap["processing_ms"]["p99"] > 40
+    assert snap["recent_processing_ms"] == {"p50": 0.1, "p99": 0.1, "max": 0.1}
+    metrics.record_block(256, BlockTiming(0, 2_000_000, (), period, 0))
+    assert metrics.snapshot()["recent_processing_ms"]["max"] == 2.0
+    assert "last 1000 p99 0.10" in status_line(snap)
