@@ -70,7 +70,10 @@ def test_bands_interpolate_to_unity_and_see_the_same_energy_at_any_rate() -> Non
     assert not a48[161:].any()
 
 
-@pytest.mark.parametrize(("rate", "channels"), [(16_000, 1), (48_000, 2), (8_000, 2), (44_100, 1)])
+RATES = [(16_000, 1), (48_000, 2), (8_000, 2), (44_100, 1), (22_050, 1), (11_025, 1)]
+
+
+@pytest.mark.parametrize(("rate", "channels"), RATES)
 def test_block_split_invariance(random_model: str, rate: int, channels: int) -> None:
     cfg = DenoiseConfig(method="learned", model=random_model)
     x = noise(channels, 2 * rate, rate, level=0.1)
