@@ -32,7 +32,12 @@ import numpy as np
 import torch
 
 from streamer.dsp.stft import wola_window
-from streamer.stages.denoise_model import BandLayout, DenoiserNet, save_denoiser
+from streamer.stages.denoise_model import (
+    BandLayout,
+    DenoiserNet,
+    log_band_energy,
+    save_denoiser,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAME, HOP = 320, 160  # 20 ms, 10 ms at 16 kHz
@@ -76,9 +81,8 @@ class Frontend(torch.nn.Module):
         return spec
 
     def features(self, spec: torch.Tensor) -> torch.Tensor:
-        density = (spec.real**2 + spec.imag**2) @ self.analysis / (
-            self.window_energy * data.RATE)
-        return (torch.log10(density + 1e-10) + 6.0) / 2.0
+        power = spec.real**2 + spec.imag**2
+        return log_band_energy(power, self.analysis, self.window_energy, data.RATE)
 
 
 def compressed(z: torch.Tensor) -> torch.Tensor:

@@ -16,13 +16,21 @@ does best.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
-import scipy.fft as sp_fft
 import torch
 
 from streamer.errors import BackendUnavailableError
-from streamer.stages.convolution import Plan, Precision
+from streamer.stages.convolution import (
+    Level,
+    Plan,
+    Precision,
+    _check_taps,
+    _doubled,
+    _partition_spectra,
+)
 
 __all__ = ["TorchPartitionedConvolver", "torch_device"]
 
@@ -54,11 +62,11 @@ class TorchPartitionedConvolver:
 
     Notes
     -----
-    State per row: the last complete partition x_{T-1}, the frames of partition T
-    so far, the delay line of X_{T-1} .. X_{T-N+1} in a ring, and A_T = sum_{j>=1}
-    H_j X_{T-j}, computed when partition T starts. The ring's spectra are met by a
-    doubled copy of H (as in the numpy kernel), so the MAC is one product and one
-    sum over a contiguous slice, never a rotation.
+    State per row: the segment [x_{T-1} | the frames of partition T so far], the
+    delay line of X_{T-1} .. X_{T-N+1} in a ring, and A_T = sum_{j>=1} H_j X_{T-j},
+    computed when partition T starts. The ring's spectra are met by the numpy
+    kernel's doubled copy of H, so the MAC is one product and one sum over a
+    contiguous slice, never a rotation.
     """
 
     def __init__(
@@ -73,26 +81,26 @@ class TorchPartitionedConvolver:
     ) -> None:
         if plan.algorithm != "partitioned" or len(plan.levels) != 1:
             raise ValueError(f"the torch backend runs partitioned plans, not {plan.algorithm!r}")
-        taps = np.atleast_2d(np.asarray(taps, dtype=np.float64))
-        if taps.shape[0] not in (1, channels):
-            raise ValueError(f"taps must have 1 or {channels} rows, got {taps.shape[0]}")
+        taps = _check_taps(taps, channels)
         self.plan = plan
         self.device = device or torch.device("cpu")
         self._real = torch.float64 if precision == "float64" else torch.float32
         cplx = torch.complex128 if precision == "float64" else torch.complex64
         p, n = plan.levels[0].size, plan.levels[0].count
         self._p, self._n = p, n
-        padded = np.zeros((taps.shape[0], n * p))
-        padded[:, : taps.shape[1]] = taps
-        # Spectra of the partitions, (N, 1, rows, P + 1): broadcast over the streams.
-        spectra = sp_fft.rfft(padded.reshape(taps.shape[0], n, p).transpose(1, 0, 2), 2 * p)
-        h = torch.from_numpy(np.ascontiguousarray(spectra[:, None])).to(self.device, cplx)
-        self._h0 = h[0]
         k = n - 1
-        # Doubled tail: G[m] = H_{K - (m mod K)} for the ring of K = N - 1 slots (see Notes).
-        self._tail_h = h[[k - (m % k) for m in range(2 * k)]] if k else h[:0]
+
+        def on_device(spectra: npt.NDArray[np.complexfloating[Any, Any]]) -> torch.Tensor:
+            return torch.tensor(spectra, dtype=cplx, device=self.device)  # a copy
+
+        # Partition 0's spectrum, and partitions 1..N-1 laid out for the ring (the numpy
+        # kernel's `_doubled`): (rows, P + 1) and (2K - 1, 1, rows, P + 1).
+        self._h0 = on_device(_partition_spectra(taps, Level(p, 1, 0), np.complex128)[0])
+        self._tail_h = (
+            on_device(_doubled(_partition_spectra(taps, Level(p, k, p), np.complex128)))
+            if k else None
+        )  # fmt: skip
         shape = (streams, channels)
-        self._prev = torch.zeros(*shape, p, dtype=self._real, device=self.device)
         self._seg = torch.zeros(*shape, 2 * p, dtype=self._real, device=self.device)
         self._fdl = torch.zeros(k, *shape, p + 1, dtype=cplx, device=self.device)
         self._acc = torch.zeros(*shape, p + 1, dtype=cplx, device=self.device)
@@ -100,7 +108,6 @@ class TorchPartitionedConvolver:
 
     def reset(self) -> None:
         """Forget all input, as if just built."""
-        self._prev.zero_()
         self._seg.zero_()
         self._fdl.zero_()
         self._acc.zero_()
@@ -128,7 +135,7 @@ class TorchPartitionedConvolver:
             if end < p:
                 seg[..., p + end :] = 0.0
             spec = torch.fft.rfft(seg, dim=-1)
-            conv = torch.fft.irfft(spec * self._h0 + self._acc, n=2 * p, dim=-1)
+            conv = torch.fft.irfft(torch.addcmul(self._acc, spec, self._h0), n=2 * p, dim=-1)
             out[..., i : i + take] = conv[..., p + r : p + end]
             i += take
             self._fill = end
@@ -139,7 +146,7 @@ class TorchPartitionedConvolver:
     def _boundary(self, spec: torch.Tensor) -> None:
         """Partition T is complete (``spec`` is X_T): push it, prepare A_{T+1}, slide."""
         k = self._n - 1
-        if k:
+        if self._tail_h is not None:
             self._slot = (self._slot + 1) % k
             self._fdl[self._slot] = spec
             w = self._slot

@@ -23,7 +23,7 @@ import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +32,14 @@ from torch import nn
 
 from streamer.stages.anomaly_model import model_path
 
-__all__ = ["FORMAT", "BandLayout", "DenoiserNet", "load_denoiser", "save_denoiser"]
+__all__ = [
+    "FORMAT",
+    "BandLayout",
+    "DenoiserNet",
+    "load_denoiser",
+    "log_band_energy",
+    "save_denoiser",
+]
 
 F64 = npt.NDArray[np.float64]
 FORMAT = "streamer-denoise-bandgru/1"
@@ -94,14 +101,21 @@ class BandLayout:
         return analysis, synthesis.T.copy()
 
 
-def log_band_energy(power: F64, analysis: F64, window_energy: float, rate: float) -> F64:
+Features = TypeVar("Features", F64, torch.Tensor)
+
+
+def log_band_energy(
+    power: Features, analysis: Features, window_energy: float, rate: float
+) -> Features:
     """The network's input features for power spectra (..., bins): scaled log energies.
 
     ``power`` is |rfft(window * x)|^2; dividing by the window's energy and the rate
     makes it a power spectral density, independent of the frame length and rate.
+    numpy arrays (the stage) or torch tensors (training), the same numbers.
     """
     density = power @ analysis / (window_energy * rate)
-    out: F64 = (np.log10(density + _EPS) + 6.0) / 2.0
+    log10 = torch.log10 if isinstance(density, torch.Tensor) else np.log10
+    out: Features = (log10(density + _EPS) + 6.0) / 2.0
     return out
 
 
