@@ -123,7 +123,7 @@ def design(numtaps: int) -> F64:
 
 def build_stage(
     x: F32, numtaps: int, block: int, algorithm: str, precision: str, backend: str = "numpy",
-    device: str = "cpu", fft_library: str = "auto",
+    device: str = "cpu", fft_library: str = "auto", kernel: str = "auto",
 ) -> tuple[FirStage, list[Block]]:
     """The stage for one configuration and ``x`` cut into its blocks, warmed up."""
     channels, frames = x.shape
@@ -137,6 +137,7 @@ def build_stage(
             "backend": backend,
             "device": device,
             "fft_library": fft_library,
+            "kernel": kernel,
         }
     )
     stage = FirStage(cfg, StreamLayout(channels, RATE), block_hint=block)
@@ -240,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--algorithm", choices=ALGORITHMS, default="auto")
     parser.add_argument("--precision", choices=("float64", "float32"), default="float64")
     parser.add_argument("--fft-library", choices=("auto", "scipy", "pyfftw"), default="auto")
+    parser.add_argument(
+        "--kernel", choices=("auto", "numba", "numpy"), default="auto",
+        help="the partitioned algorithms' per-block path (numpy backend)",
+    )  # fmt: skip
     parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch's")
     parser.add_argument(
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{RATE} Hz noise, {args.seconds:g} s, stage/oaconvolve/GNU Radio median of "
         f"{args.repeats}; lfilter+zi at most {args.lfilter_budget:g} s per config; "
-        f"algorithm {args.algorithm}, {args.precision}; {gr_note}"
+        f"algorithm {args.algorithm}, {args.precision}, kernel {args.kernel}; {gr_note}"
     )
     print(
         "Msps = million samples (all channels) per second; miss% = blocks slower than their "
@@ -295,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 used = frames // block * block
                 stage, blocks = build_stage(
                     x[:, :used], numtaps, block, args.algorithm, args.precision, args.backend,
-                    args.device, args.fft_library,
+                    args.device, args.fft_library, args.kernel,
                 )
                 # Stage and oaconvolve alternate, so that a slow spell of this (shared,
                 # noisy) machine hits both sides of their ratio alike.
@@ -380,7 +385,8 @@ def batch_capacity(args: argparse.Namespace) -> int:
         conv = make_convolver(taps, streams=streams, channels=1, block=block,
                               algorithm=args.algorithm, precision=args.precision,
                               backend=args.backend, device=args.device,
-                              fft_library=args.fft_library)
+                              fft_library=args.fft_library,
+                              kernel=args.kernel if args.backend == "numpy" else "auto")
         count = int(args.seconds * RATE) // block
         x = (0.25 * rng.standard_normal((streams, 1, block))).astype(np.float32)
         out = np.empty_like(x)

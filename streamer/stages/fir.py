@@ -304,6 +304,7 @@ class FirStage:
                 precision=cfg.precision,
                 workers=cfg.fft_workers,
                 fft_library=cfg.fft_library,
+                kernel=cfg.kernel,
                 backend=cfg.backend,
                 device=cfg.device,
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +21,12 @@ from streamer.errors import BackendUnavailableError, BlockLayoutError, ConfigErr
 from streamer.stages import convolution
 from streamer.stages.convolution import (
     Algorithm,
+    Kernel,
     Level,
     OverlapSaveConvolver,
     PartitionedConvolver,
     Plan,
+    Precision,
     choose_plan,
     make_convolver,
     partition_size,
@@ -498,6 +501,14 @@ def test_nan_block_leaves_state_after_numtaps() -> None:
 
 ALGORITHMS: list[Algorithm] = ["overlap-save", "partitioned", "nonuniform"]
 TAP_LAYOUTS = [(1, 1), (3, 1), (2, 2)]  # (channels, filter rows): mono, shared, per-channel
+# Every algorithm, the partitioned ones with both per-block paths (overlap-save has one).
+KERNEL_CASES = [
+    ("overlap-save", "auto"),
+    ("partitioned", "numba"),
+    ("partitioned", "numpy"),
+    ("nonuniform", "numba"),
+    ("nonuniform", "numpy"),
+]
 
 
 def random_taps(rows: int, numtaps: int, rng: np.random.Generator) -> F64:
@@ -520,9 +531,9 @@ def forced(
 
 @pytest.mark.parametrize(("channels", "rows"), TAP_LAYOUTS, ids=["mono", "shared", "per-channel"])
 @pytest.mark.parametrize("numtaps", [1, 2, 31, 257, 4096])
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize(("algorithm", "kernel"), KERNEL_CASES)
 def test_every_algorithm_matches_lfilter(
-    tmp_path: Path, algorithm: Algorithm, numtaps: int, channels: int, rows: int
+    tmp_path: Path, algorithm: Algorithm, kernel: str, numtaps: int, channels: int, rows: int
 ) -> None:
     rng = np.random.default_rng([numtaps, channels, rows, ALGORITHMS.index(algorithm)])
     taps = random_taps(rows, numtaps, rng)
@@ -530,7 +541,7 @@ def test_every_algorithm_matches_lfilter(
     # (overlap-save with 1-frame chunks of a 4096-tap filter is correct but slow).
     hints = [1, 3, 16, 100] if numtaps <= 257 else [16, 100, 256]
     block_hint = int(rng.choice(hints))
-    stage = forced(tmp_path, taps, channels, algorithm, block_hint)
+    stage = forced(tmp_path, taps, channels, algorithm, block_hint, kernel=kernel)
     assert stage.algorithm == algorithm
     frames = 2 * numtaps + int(rng.integers(500, 3_000))
     x = noise(channels, frames, seed=numtaps)
@@ -569,13 +580,14 @@ def nonuniform_plan(sizes_counts: list[tuple[int, int]]) -> Plan:
     ],
     ids=str,
 )
-def test_nonuniform_levels_match_lfilter(levels: list[tuple[int, int]]) -> None:
+@pytest.mark.parametrize("kernel", ["numba", "numpy"])
+def test_nonuniform_levels_match_lfilter(levels: list[tuple[int, int]], kernel: Kernel) -> None:
     """Many levels, blocks that straddle every boundary, per-channel taps."""
     rng = np.random.default_rng(len(levels))
     plan = nonuniform_plan(levels)
     numtaps = sum(size * count for size, count in levels) - int(rng.integers(0, levels[-1][0]))
     taps = random_taps(2, numtaps, rng)
-    conv = PartitionedConvolver(taps, plan, 1, 2)
+    conv = PartitionedConvolver(taps, plan, 1, 2, kernel=kernel)
     x = noise(2, numtaps + 9_000, seed=len(levels))
     y = np.empty_like(x)
     start = 0
@@ -585,11 +597,13 @@ def test_nonuniform_levels_match_lfilter(levels: list[tuple[int, int]]) -> None:
     assert_close_to_peak(y, lfilter_ref(taps, x), 1e-5)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_float32_precision_within_tolerance(tmp_path: Path, algorithm: Algorithm) -> None:
+@pytest.mark.parametrize(("algorithm", "kernel"), KERNEL_CASES)
+def test_float32_precision_within_tolerance(
+    tmp_path: Path, algorithm: Algorithm, kernel: str
+) -> None:
     rng = np.random.default_rng(32)
     taps = random_taps(2, 3_000, rng)
-    stage = forced(tmp_path, taps, 2, algorithm, 64, precision="float32")
+    stage = forced(tmp_path, taps, 2, algorithm, 64, precision="float32", kernel=kernel)
     x = signal(2, 9_000, seed=32)
     y = feed(stage, x, random_splits(x.shape[1], rng, stage.nfft + 5), RATE)
     assert_close_to_peak(y, lfilter_ref(taps, x), 1e-5)
@@ -607,14 +621,16 @@ def test_fft_workers_give_the_same_output(tmp_path: Path, algorithm: Algorithm) 
     np.testing.assert_allclose(two, one, rtol=0, atol=1e-6 * float(np.max(np.abs(one))))
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_every_algorithm_reset_and_empty_block(tmp_path: Path, algorithm: Algorithm) -> None:
+@pytest.mark.parametrize(("algorithm", "kernel"), KERNEL_CASES)
+def test_every_algorithm_reset_and_empty_block(
+    tmp_path: Path, algorithm: Algorithm, kernel: str
+) -> None:
     rng = np.random.default_rng(3)
     taps = random_taps(2, 700, rng)
     x = noise(2, 2_000, seed=3)
-    fresh = feed(forced(tmp_path, taps, 2, algorithm, 64), x, [2_000], RATE)
+    fresh = feed(forced(tmp_path, taps, 2, algorithm, 64, kernel=kernel), x, [2_000], RATE)
 
-    used = forced(tmp_path, taps, 2, algorithm, 64)
+    used = forced(tmp_path, taps, 2, algorithm, 64, kernel=kernel)
     feed(used, noise(2, 1_234, seed=4), [1_000, 234], RATE)
     used.reset()
     empty = Block(np.zeros((2, 0), np.float32), "s", seq=0, t0=0, rate=RATE, captured_ns=0)
@@ -627,15 +643,17 @@ def test_every_algorithm_reset_and_empty_block(tmp_path: Path, algorithm: Algori
     np.testing.assert_array_equal(np.hstack([a, b]), fresh)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_every_algorithm_nan_leaves_the_state(tmp_path: Path, algorithm: Algorithm) -> None:
+@pytest.mark.parametrize(("algorithm", "kernel"), KERNEL_CASES)
+def test_every_algorithm_nan_leaves_the_state(
+    tmp_path: Path, algorithm: Algorithm, kernel: str
+) -> None:
     rng = np.random.default_rng(6)
     taps = random_taps(1, 300, rng)
     x = noise(1, 6_000, seed=6)
     poisoned = x.copy()
     poisoned[:, 1_000:1_010] = np.nan
     sizes = random_splits(x.shape[1], rng, 300)
-    stage = forced(tmp_path, taps, 1, algorithm, 32)
+    stage = forced(tmp_path, taps, 1, algorithm, 32, kernel=kernel)
     y = feed(stage, poisoned, sizes, RATE)
     clean = lfilter_ref(taps, np.nan_to_num(poisoned))
     assert np.isnan(y[:, 1_000:1_010]).all()
@@ -651,16 +669,18 @@ def test_every_algorithm_nan_leaves_the_state(tmp_path: Path, algorithm: Algorit
 # ---------------------------------------------------------- batch and kernels
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize(("algorithm", "kernel"), KERNEL_CASES)
 @pytest.mark.parametrize("rows", [1, 2], ids=["shared", "per-channel"])
-def test_batch_equals_loop(algorithm: Algorithm, rows: int) -> None:
+def test_batch_equals_loop(algorithm: Algorithm, kernel: Kernel, rows: int) -> None:
     rng = np.random.default_rng([7, rows])
     taps = random_taps(rows, 1_500, rng)
     streams, channels, frames = 3, 2, 5_000
     x = rng.standard_normal((streams, channels, frames)).astype(np.float32)
-    batch = make_convolver(taps, streams=streams, channels=channels, block=128, algorithm=algorithm)
+    batch = make_convolver(
+        taps, streams=streams, channels=channels, block=128, algorithm=algorithm, kernel=kernel
+    )
     loop = [
-        make_convolver(taps, channels=channels, block=128, algorithm=algorithm)
+        make_convolver(taps, channels=channels, block=128, algorithm=algorithm, kernel=kernel)
         for _ in range(streams)
     ]
     y_batch = np.empty_like(x)
@@ -676,6 +696,50 @@ def test_batch_equals_loop(algorithm: Algorithm, rows: int) -> None:
     np.testing.assert_allclose(y_batch, y_loop, rtol=0, atol=1e-6 * float(np.max(np.abs(y_loop))))
     for s in range(streams):
         assert_close_to_peak(y_batch[s], lfilter_ref(taps, x[s]), 1e-5)
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float32), (np.float64, np.float64)], ids=str)
+def test_numba_kernel_equals_the_numpy_kernel(
+    precision: Precision, dtypes: tuple[Any, Any]
+) -> None:
+    """Both per-block paths, batched, per-channel taps, strided input, any block split."""
+    rng = np.random.default_rng([11, len(precision), len(str(dtypes))])
+    taps = random_taps(3, 5_000, rng)
+    plan = nonuniform_plan([(64, 4), (256, 3), (1_024, 4)])
+    wide = rng.standard_normal((2, 3, 2 * 9_000)).astype(dtypes[0])
+    x = wide[..., ::2]  # not contiguous: the kernels must not assume it
+    outs = {}
+    for kernel in ("numba", "numpy"):
+        conv = PartitionedConvolver(taps, plan, 2, 3, precision=precision, kernel=kernel)
+        assert conv.kernel == kernel
+        y = np.zeros(x.shape, dtypes[1])
+        start = 0
+        for n in random_splits(x.shape[-1], np.random.default_rng(5), 600):
+            conv.process(x[..., start : start + n], y[..., start : start + n])
+            start += n
+        outs[kernel] = y
+    # The same arithmetic; float32 transforms differ in rounding (DUCC0 vs numpy's pocketfft).
+    rel = 1e-12 if precision == "float64" and dtypes[1] is np.float64 else 1e-5
+    assert_close_to_peak(outs["numba"], outs["numpy"].astype(np.float64), rel)
+    for s in range(2):
+        assert_close_to_peak(outs["numba"][s], lfilter_ref(taps, x[s]), 1e-5)
+
+
+def test_numba_asked_for_and_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_import = convolution.importlib.import_module
+
+    def no_numba(name: str) -> Any:
+        if name == "streamer.stages.convolution_jit":
+            raise ImportError("No module named 'numba'")
+        return real_import(name)
+
+    monkeypatch.setattr(convolution.importlib, "import_module", no_numba)
+    cfg = FirConfig(design="lowpass", cutoff_hz=1000.0, numtaps=2_001, kernel="numba")
+    with pytest.raises(BackendUnavailableError, match=r"stages\[0\]: kernel 'numba'.*rocket-fft"):
+        FirStage(cfg, StreamLayout(1, RATE), block_hint=64)
+    auto = FirStage(cfg.model_copy(update={"kernel": "auto"}), StreamLayout(1, RATE), block_hint=64)
+    assert auto.algorithm != "overlap-save" and auto._convolver.kernel == "numpy"  # type: ignore[attr-defined]
 
 
 def test_make_convolver_example() -> None:
@@ -701,22 +765,34 @@ def test_kernels_refuse_bad_taps_and_plans() -> None:
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "numtaps"), [("overlap-save", 31), ("partitioned", 200), ("partitioned", 1_000)]
+    ("algorithm", "numtaps", "kernel"),
+    [
+        ("overlap-save", 31, "auto"),
+        ("partitioned", 200, "numpy"),
+        ("partitioned", 1_000, "numpy"),
+        ("partitioned", 1_000, "numba"),
+        ("nonuniform", 20_000, "numba"),
+    ],
 )
-def test_hot_path_allocates_only_the_output(algorithm: Algorithm, numtaps: int) -> None:
+def test_hot_path_allocates_only_the_output(
+    algorithm: Algorithm, numtaps: int, kernel: Kernel
+) -> None:
     """With numpy.fft out= for small transforms, a block allocates its output and views only.
 
     Mono, where every ufunc runs unbuffered; with several channels numpy's iterator may
     add short-lived buffers of its own for strided or broadcast operands (docs/fir.md).
+    The compiled kernels are checked in their LLVM IR (tracemalloc does not see numba's
+    allocator): no call that allocates, only those that borrow the argument arrays.
     """
     if not convolution._NUMPY_HAS_OUT:
         pytest.skip("numpy < 2.0 has no out= in numpy.fft")
-    stage = FirStage(
-        FirConfig(design="lowpass", cutoff_hz=3_000.0, numtaps=numtaps, algorithm=algorithm),
-        StreamLayout(1, RATE),
-        block_hint=256,
+    cfg = FirConfig(
+        design="lowpass", cutoff_hz=3_000.0, numtaps=numtaps, algorithm=algorithm, kernel=kernel
     )
-    assert stage.algorithm == algorithm and stage.nfft <= convolution._NUMPY_FFT_MAX
+    stage = FirStage(cfg, StreamLayout(1, RATE), block_hint=256)
+    assert stage.algorithm == algorithm
+    if kernel != "numba":
+        assert stage.nfft <= convolution._NUMPY_FFT_MAX
     rng = np.random.default_rng(9)
     blocks = [
         Block(rng.standard_normal((1, 256)).astype(np.float32), "s", k, 256 * k, RATE, 0)
@@ -725,6 +801,30 @@ def test_hot_path_allocates_only_the_output(algorithm: Algorithm, numtaps: int) 
     # The 1 KiB output, the new Block and ~2 KiB of array views; one spectrum and one
     # transform result allocated per block would add 8 KiB.
     assert max(peak_extra_bytes(stage, blocks)) < 4 * 1_024
+    if kernel == "numba":
+        assert_compiled_kernels_do_not_allocate()
+
+
+def assert_compiled_kernels_do_not_allocate() -> None:
+    """No call in the compiled kernels' LLVM IR allocates; they only borrow their arguments."""
+    import numba
+
+    from streamer.stages import convolution_jit
+
+    # The service's signatures: float32 blocks (head_run), complex128 spectra (mac).
+    block_type = numba.typeof(np.zeros((1, 1, 1), np.float32))
+    spectra_type = numba.typeof(np.zeros((1, 1, 1, 1), np.complex128))
+    for kernel_fn, first in ((convolution_jit.head_run, block_type),
+                             (convolution_jit.mac, spectra_type)):  # fmt: skip
+        signature = next((sig for sig in kernel_fn.signatures if sig[0] == first), None)
+        if signature is None:
+            continue  # no level: mac only runs inside head_run (and is in its IR)
+        # Cached code cannot be inspected: compile an uncached copy.
+        fresh = numba.njit(nogil=True, error_model="numpy")(kernel_fn.py_func)
+        fresh.compile(signature)
+        calls = set(re.findall(r"@\"?(NRT_\w+)", fresh.inspect_llvm(signature)))
+        assert "NRT_adapt_ndarray_from_python" in calls  # the IR is the one we mean
+        assert not {c for c in calls if "alloc" in c.lower() or c.startswith("NRT_MemInfo_new")}
 
 
 @pytest.mark.parametrize("path", ["gufunc", "numpy.fft", "scipy.fft"])
@@ -902,6 +1002,7 @@ def test_torch_process_tensor_stays_on_its_device() -> None:
     [
         ({"backend": "torch", "algorithm": "nonuniform"}, "runs the partitioned algorithm"),
         ({"device": "cuda"}, "device = 'cuda' needs backend = 'torch'"),
+        ({"backend": "torch", "kernel": "numba"}, "kernel = 'numba' is the numpy backend's"),
     ],
 )
 def test_torch_backend_config_errors(fields: dict[str, str], match: str) -> None:
