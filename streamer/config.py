@@ -294,9 +294,8 @@ class FirConfig(_Model):
         "auto",
         description=(
             "numpy backend, partitioned algorithms: who runs the per-block path: numba "
-            "(compiled, ~1.8x faster for short blocks; auto takes it when it is installed, "
-            "for head partitions up to 1024 frames with pyFFTW) or numpy calls. The output "
-            "is the same."
+            "(compiled, ~2x faster for short blocks; auto takes it when it is installed) "
+            "or numpy calls. The output is the same."
         ),
     )
     backend: Literal["numpy", "torch"] = Field(

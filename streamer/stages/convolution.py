@@ -18,6 +18,7 @@ from streamer.errors import BackendUnavailableError
 __all__ = [
     "Algorithm",
     "Convolver",
+    "FftLibrary",
     "Kernel",
     "Level",
     "OverlapSaveConvolver",
@@ -190,13 +191,6 @@ Kernel = Literal["auto", "numba", "numpy"]
 """Who runs the partitioned kernels' per-block path: compiled by numba, or numpy calls."""
 
 
-# Longest head transform ``kernel = "auto"`` compiles when FFTW is there for it. Longer
-# ones are faster in FFTW than in the compiled path's DUCC0, and long enough that call
-# overhead no longer matters: M = 65536, B = 4096 mono ran 35-40 Msps with numpy + FFTW,
-# 31-37 compiled; M = 16384, 53-70 us against 62-83 us per block (docs/fir.md).
-_COMPILED_HEAD_MAX = 2048
-
-
 def _compiled(kernel: Kernel) -> Any:
     """`streamer.stages.convolution_jit` when ``kernel`` wants it and numba is installed.
 
@@ -218,6 +212,19 @@ def _compiled(kernel: Kernel) -> Any:
                 "pip install numba rocket-fft)"
             ) from None
         return None
+
+
+def _transform_paths(
+    kernel: Kernel, fft_library: FftLibrary, precision: Precision
+) -> tuple[HeadPath, bool]:
+    """For the cost model: how the kernels' head will run, and whether FFTW is there."""
+    fftw = _pyfftw(fft_library) is not None
+    compiled = _compiled(kernel)
+    if compiled is None:
+        return "numpy", fftw
+    if fftw and compiled.fftw_library(_dtypes(precision)[0]) is not None:
+        return "fftw", fftw
+    return "ducc", fftw
 
 
 def _numpy_fft_pays(n: int, rows: int, single: bool, workers: int) -> bool:
@@ -294,6 +301,11 @@ _FFT_CALL_NUMPY_NS = 1_600.0
 _FFT_CALL_SCIPY_NS = 4_000.0
 _FFT_NS = 0.7
 _FFT_ROW_SHARE = 0.6
+#   Through pyFFTW (the transforms numpy does not take, when it is installed): 1.5 us per
+#   call with its copy in or out, 0.22 ns per n log2 n per row. Pairs: 4096 points 12 us,
+#   8192 23 us, 131072 0.66 ms.
+_FFT_CALL_FFTW_NS = 1_500.0
+_FFTW_NS = 0.22
 #   A multiply-accumulate over a delay line (multiply into scratch, reduce over the
 #   partitions): ~1.5 us per call, 1.0 ns per complex element for one row (15 x 4097:
 #   62 us) and 1.7 ns with several rows sharing a filter (numpy buffers the broadcast;
@@ -309,65 +321,93 @@ _COPY_NS = 0.4
 _OLS_CHUNK_NS = 3_500.0
 _HEAD_NS = 3_500.0
 _LEVEL_NS = 2_500.0
+# The compiled head (`convolution_jit.head_run`), fitted to head-only plans (P0 = 32 to
+# 4096, 1 to 16 partitions, 1 and 8 rows) run through `PartitionedConvolver.process`:
+# per head partition a fixed cost (the call, numba's dispatch, the levels check), then
+# per row 0.32 ns per n log2 n of the 2 P0 transform pair with FFTW (0.45 for the first
+# row with DUCC0), and 0.45 ns per complex element of its fused MAC (0.31-0.52 measured;
+# also the levels' MAC). Mono, 1 partition: P0 = 256 3.4 us (FFTW) / 5.1 us (DUCC0);
+# P0 = 4096 35 / 51 us.
+_COMPILED_CALL_NS = {"fftw": 1_800.0, "ducc": 2_900.0}
+_COMPILED_FFT_NS = {"fftw": 0.32, "ducc": 0.45}
+_COMPILED_FFT_ROW_NS = 0.32
+_COMPILED_MAC_NS = 0.45
+
+HeadPath = Literal["numpy", "fftw", "ducc"]
+"""What the cost model prices the head with: numpy calls, or compiled with FFTW or DUCC0."""
 
 
-def _fft_pair_ns(n: int, rows: int) -> float:
-    """Modelled time of one rfft + irfft of length ``n`` over ``rows`` rows."""
-    call = _FFT_CALL_NUMPY_NS if _numpy_fft_pays(n, rows, False, 1) else _FFT_CALL_SCIPY_NS
+def _fft_pair_ns(n: int, rows: int, fftw: bool) -> float:
+    """Modelled time of one rfft + irfft of length ``n`` over ``rows`` rows (`_Fft`)."""
+    numpy = _numpy_fft_pays(n, rows, False, 1)
     rows_factor = 1.0 + _FFT_ROW_SHARE * (rows - 1)
+    if fftw and not numpy:
+        return 2.0 * _FFT_CALL_FFTW_NS + _FFTW_NS * rows * n * math.log2(max(n, 2))
+    call = _FFT_CALL_NUMPY_NS if numpy else _FFT_CALL_SCIPY_NS
     return 2.0 * call + _FFT_NS * rows_factor * n * math.log2(max(n, 2))
 
 
-def _mac_ns(count: int, bins: int, rows: int) -> float:
+def _mac_ns(count: int, bins: int, rows: int, head: HeadPath = "numpy") -> float:
     """Modelled time of a delay-line MAC over ``count`` partitions of ``bins`` bins."""
     if count < 1:
         return 0.0
+    if head != "numpy":
+        return _COMPILED_MAC_NS * rows * count * bins
     per_element = _MAC_NS if rows == 1 else _MAC_ROWS_NS
     return _MAC_CALL_NS + per_element * rows * count * bins
 
 
-def _ols_cost(numtaps: int, block: int, rows: int) -> tuple[float, int]:
+def _ols_cost(numtaps: int, block: int, rows: int, fftw: bool) -> tuple[float, int]:
     nfft = fft_size_for(numtaps, block)
     bins = nfft // 2 + 1
     # Per block of B frames (one chunk, since L >= B): copies of history, block, tail and
     # overlap (~2 N values), one FFT pair of length N, one complex multiply, the output.
     per_block = (
         _OLS_CHUNK_NS
-        + _fft_pair_ns(nfft, rows)
+        + _fft_pair_ns(nfft, rows, fftw)
         + rows * (bins * _MAC_NS + (2 * nfft + block) * _COPY_NS)
     )
     return per_block / block, nfft
 
 
-def _head_cost(p0: int, count: int, block: int, rows: int) -> float:
+def _head_cost(
+    p0: int, count: int, block: int, rows: int, head: HeadPath, fftw: bool
+) -> float:
     """ns per frame of the head level: P0 frames, ``count`` partitions, blocks of B."""
     bins = p0 + 1
+    if head != "numpy":
+        n = 2 * p0
+        fft = (_COMPILED_FFT_NS[head] + _COMPILED_FFT_ROW_NS * (rows - 1)) * n * math.log2(n)
+        per_call = _COMPILED_CALL_NS[head] + fft + _mac_ns(count - 1, bins, rows, head)
+        return per_call / min(p0, block)
     # Per head partition: one FFT pair of 2 P0, multiply by H_0 and add the tail sum
     # (2 passes over the bins), the output and tail-ring passes, and the MAC over the
     # other count - 1 partitions. A block B < P0 still costs a whole partition's work.
     per_partition = (
         _HEAD_NS
-        + _fft_pair_ns(2 * p0, rows)
+        + _fft_pair_ns(2 * p0, rows, fftw)
         + _mac_ns(count - 1, bins, rows)
         + rows * (2 * bins + 3 * p0) * _COPY_NS
     )
     return per_partition / min(p0, block)
 
 
-def _level_cost(size: int, count: int, rows: int) -> float:
+def _level_cost(size: int, count: int, rows: int, head: HeadPath, fftw: bool) -> float:
     """ns per frame of a level k >= 1: one boundary every ``size`` frames."""
     bins = size + 1
     per_boundary = (
         _LEVEL_NS
-        + _fft_pair_ns(2 * size, rows)
-        + _mac_ns(count, bins, rows)
+        + _fft_pair_ns(2 * size, rows, fftw)
+        + _mac_ns(count, bins, rows, head)
         + rows * (bins + size) * _COPY_NS
     )
     return per_boundary / size
 
 
 @lru_cache(maxsize=4096)
-def _tail_levels(numtaps: int, size: int, rows: int) -> tuple[float, tuple[Level, ...]]:
+def _tail_levels(
+    numtaps: int, size: int, rows: int, head: HeadPath, fftw: bool
+) -> tuple[float, tuple[Level, ...]]:
     """Cheapest levels covering taps [size, numtaps), the first of partition ``size``.
 
     Levels k >= 1 start at their own partition size (offset = P_k, see
@@ -376,13 +416,13 @@ def _tail_levels(numtaps: int, size: int, rows: int) -> tuple[float, tuple[Level
     """
     last = math.ceil((numtaps - size) / size)
     best: tuple[float, tuple[Level, ...]] = (
-        _level_cost(size, last, rows),
+        _level_cost(size, last, rows, head, fftw),
         (Level(size, last, size),),
     )
     ratio = 2
     while ratio * size < numtaps and ratio * size <= _MAX_PARTITION:
-        rest_cost, rest = _tail_levels(numtaps, ratio * size, rows)
-        cost = _level_cost(size, ratio - 1, rows) + rest_cost
+        rest_cost, rest = _tail_levels(numtaps, ratio * size, rows, head, fftw)
+        cost = _level_cost(size, ratio - 1, rows, head, fftw) + rest_cost
         if cost < best[0]:
             best = (cost, (Level(size, ratio - 1, size), *rest))
         ratio *= 2
@@ -390,7 +430,12 @@ def _tail_levels(numtaps: int, size: int, rows: int) -> tuple[float, tuple[Level
 
 
 def choose_plan(
-    numtaps: int, block: int, rows: int = 1, algorithm: Algorithm | Literal["auto"] = "auto"
+    numtaps: int,
+    block: int,
+    rows: int = 1,
+    algorithm: Algorithm | Literal["auto"] = "auto",
+    head: HeadPath = "numpy",
+    fftw: bool = False,
 ) -> Plan:
     """Pick the convolution algorithm and its sizes for a filter and a block size.
 
@@ -404,6 +449,12 @@ def choose_plan(
         Rows filtered together (streams x channels). Default 1.
     algorithm : {"auto", "overlap-save", "partitioned", "nonuniform"}, optional
         Force an algorithm, or let the cost model choose (default).
+    head : {"numpy", "fftw", "ducc"}, optional
+        How the partitioned kernels' head will run: numpy calls (default), or
+        compiled (`kernel = "numba"`) with FFTW's or DUCC0's transforms.
+    fftw : bool, optional
+        Whether pyFFTW computes the transforms numpy does not take. Default False
+        (scipy.fft).
 
     Returns
     -------
@@ -445,20 +496,20 @@ def choose_plan(
         raise ValueError(f"{rows=} must be >= 1")
     plans: list[Plan] = []
     if algorithm in ("auto", "overlap-save"):
-        cost, nfft = _ols_cost(numtaps, block, rows)
+        cost, nfft = _ols_cost(numtaps, block, rows, fftw)
         plans.append(Plan("overlap-save", nfft, nfft - numtaps + 1, (), cost))
     p0 = partition_size(block)
     if algorithm in ("auto", "partitioned"):
         count = math.ceil(numtaps / p0)
-        cost = _head_cost(p0, count, block, rows)
+        cost = _head_cost(p0, count, block, rows, head, fftw)
         plans.append(Plan("partitioned", 2 * p0, p0, (Level(p0, count, 0),), cost))
     if algorithm in ("auto", "nonuniform"):
         best: Plan | None = None
         ratio = 2
         # The head level of P0 is followed by a level of r P0 (offset r P0): r partitions.
         while ratio * p0 < numtaps and ratio * p0 <= _MAX_PARTITION:
-            rest_cost, rest = _tail_levels(numtaps, ratio * p0, rows)
-            cost = _head_cost(p0, ratio, block, rows) + rest_cost
+            rest_cost, rest = _tail_levels(numtaps, ratio * p0, rows, head, fftw)
+            cost = _head_cost(p0, ratio, block, rows, head, fftw) + rest_cost
             if best is None or cost < best.cost:
                 levels = (Level(p0, ratio, 0), *rest)
                 nfft = 2 * max(level.size for level in levels)
@@ -466,7 +517,7 @@ def choose_plan(
             ratio *= 2
         if best is None:  # M <= 2 P0: nothing to split; one level is the non-uniform plan
             count = math.ceil(numtaps / p0)
-            cost = _head_cost(p0, count, block, rows)
+            cost = _head_cost(p0, count, block, rows, head, fftw)
             best = Plan("nonuniform", 2 * p0, p0, (Level(p0, count, 0),), cost)
         plans.append(best)
     if not plans:
@@ -539,7 +590,6 @@ class _Fft:
                 pyfftw.FFTW(back_in, back_out, axes=(-1,), direction="FFTW_BACKWARD",
                             flags=flags, threads=self.workers),
             )  # fmt: skip
-        self.uses_fftw = self._fftw is not None
         self._gufuncs = _GUFUNCS if n % 2 == 0 else None
         self._scale = 1.0 / n  # irfft's normalisation, for the gufunc
         # Results of the numpy path live here until the next call of the same kind.
@@ -774,9 +824,8 @@ class PartitionedConvolver:
         Who computes the transforms numpy does not take (see `_Fft`). Default auto.
     kernel : {"auto", "numba", "numpy"}, optional
         Who runs the per-block head path: numba-compiled code
-        (`streamer.stages.convolution_jit`, ~1.8x faster at 256-frame blocks) or
-        numpy calls. auto takes numba when it is installed, unless FFTW computes
-        the head's transforms (2 P0 > 2048 with pyFFTW). Default auto.
+        (`streamer.stages.convolution_jit`, ~2x faster at 256-frame blocks) or
+        numpy calls. auto takes numba when it is installed. Default auto.
 
     Raises
     ------
@@ -851,8 +900,6 @@ class PartitionedConvolver:
         self._p0 = p0
         self._head_fft = _Fft(2 * p0, (streams, channels), real, cplx, workers, fft_library)
         compiled = _compiled(kernel)
-        if kernel == "auto" and self._head_fft.uses_fftw and 2 * p0 > _COMPILED_HEAD_MAX:
-            compiled = None
         self.kernel: Literal["numba", "numpy"] = "numpy" if compiled is None else "numba"
         # The head's working spectrum when X_T itself must stay in the delay line.
         self._head_spec: Complex = np.zeros((streams, channels, p0 + 1), cplx)
@@ -882,10 +929,18 @@ class PartitionedConvolver:
         self._compiled = compiled
         if compiled is not None:
             bins = p0 + 1
-            # The compiled head's product and transform buffers, and a stand-in delay
-            # line of no partitions when the head has one.
+            # The compiled head's spectrum, product and transform buffers, and a stand-in
+            # delay line of no partitions when the head has one.
+            self._spec_buf: Complex = np.zeros((streams, channels, bins), cplx)
             self._work: Complex = np.zeros((streams, channels, bins), cplx)
             self._conv: Real = np.zeros((streams, channels, 2 * p0), real)
+            plans = None
+            if fft_library != "scipy":
+                plans = compiled.FftwPlans.for_buffers(
+                    self._scratch, self._spec_buf, self._work, self._conv
+                )
+            self._fftw_plans = plans  # alive as long as the buffers they are bound to
+            self._fftw = compiled.no_fftw() if plans is None else plans.addresses
             if self._head_tail is None:
                 self._no_fdl: Complex = np.zeros((0, streams, channels, bins), cplx)
                 self._no_spectra: Complex = np.zeros((1, 1, 1, bins), cplx)
@@ -972,9 +1027,9 @@ class PartitionedConvolver:
         while True:
             before = self._pos
             i, pos, slot = run(
-                x, out, i, before, slot, self._p0, self._ring, self._scratch, self._work,
-                self._conv, self._h0, fdl, spectra, acc, self._tail, first_level,
-                self._compiled.FRAMES_AXIS,
+                x, out, i, before, slot, self._p0, self._ring, self._scratch, self._spec_buf,
+                self._work, self._conv, self._h0, fdl, spectra, acc, self._tail, first_level,
+                self._fftw,
             )  # fmt: skip
             self._pos = pos
             if head_tail is not None:
@@ -1108,7 +1163,8 @@ def make_convolver(
         return TorchPartitionedConvolver(
             taps2, plan, streams, channels, precision=precision, device=torch_device(device)
         )
-    plan = choose_plan(taps2.shape[1], block, streams * channels, algorithm)
+    head, fftw = _transform_paths(kernel, fft_library, precision)
+    plan = choose_plan(taps2.shape[1], block, streams * channels, algorithm, head, fftw)
     if plan.algorithm == "overlap-save":
         return OverlapSaveConvolver(
             taps2, plan, streams, channels, precision=precision, workers=workers,
