@@ -730,7 +730,7 @@ class OverlapSaveConvolver:
 
 
 class _TailLevel:
-    """State of one level k >= 1: its delay line, doubled spectra and scratch."""
+    """State of one level k >= 1 (or the head's partitions 1..N-1): delay line, spectra."""
 
     def __init__(
         self,
@@ -744,24 +744,53 @@ class _TailLevel:
         library: FftLibrary,
         compiled: Any,
     ) -> None:
-        self.size = level.size
+        self.size = size = level.size
         self.count = level.count
-        self.fft = _Fft(2 * level.size, (streams, channels), real, cplx, workers, library)
         spectra = _partition_spectra(taps, level, cplx)
         self.spectra = _doubled(spectra)
-        self.fdl: Complex = np.zeros((level.count, streams, channels, level.size + 1), cplx)
-        self.acc: Complex = np.zeros((streams, channels, level.size + 1), cplx)
+        self.fdl: Complex = np.zeros((level.count, streams, channels, size + 1), cplx)
+        self.acc: Complex = np.zeros((streams, channels, size + 1), cplx)
         self.slot = 0
         self._compiled = compiled
-        # numpy's MAC multiplies into scratch, then reduces; the compiled one needs none.
-        self._scratch: Complex | None = np.zeros_like(self.fdl) if compiled is None else None
+        shape = (streams, channels)
+        if compiled is None:
+            self._fft = _Fft(2 * size, shape, real, cplx, workers, library)
+            # numpy's MAC multiplies into scratch, then reduces.
+            self._scratch: Complex = np.zeros_like(self.fdl)
+            return
+        # `convolution_jit.level_chunk`'s window copy, spectrum and transform buffers.
+        self._window: Real = np.zeros((*shape, 2 * size), real)
+        self._spec: Complex = np.zeros((*shape, size + 1), cplx)
+        self._time: Real = np.zeros((*shape, 2 * size), real)
+        plans = None
+        if library != "scipy":
+            plans = compiled.FftwPlans.for_buffers(self._window, self._spec, self.acc, self._time)
+        self._fftw_plans = plans  # alive as long as the buffers they are bound to
+        self._fftw = compiled.no_fftw() if plans is None else plans.addresses
 
     def mac(self) -> None:
         """acc = the delay line's multiply-accumulate with the newest spectrum at ``slot``."""
-        if self._scratch is None:
-            self._compiled.mac(self.spectra, self.fdl, self.acc, self.slot)
+        _mac(self.spectra, self.fdl, self._scratch, self.acc, self.slot)
+
+    def chunk(self, ring: Real, start: int, tail: Real, t: int) -> None:
+        """A boundary: push the spectrum of ring[..., start : start + 2Q], add the output.
+
+        The level's output chunk (the last Q samples of irfft(MAC)) is added into
+        tail[..., t : t + Q].
+        """
+        size, slot = self.size, self.slot
+        if self._compiled is not None:
+            self._compiled.level_chunk(
+                ring, start, self._window, self._spec, self.fdl, self.spectra, self.acc, slot,
+                self._time, tail, t, self._fftw,
+            )  # fmt: skip
         else:
-            _mac(self.spectra, self.fdl, self._scratch, self.acc, self.slot)
+            self._fft.rfft(ring[..., start : start + 2 * size], out=self.fdl[slot])
+            self.mac()
+            conv = self._fft.irfft(self.acc)
+            chunk = tail[..., t : t + size]
+            np.add(chunk, conv[..., size:], out=chunk)
+        self.slot = (slot + 1) % self.count
 
 
 def _partition_spectra(taps: Taps, level: Level, cplx: ComplexType) -> Complex:
@@ -1047,15 +1076,7 @@ class PartitionedConvolver:
             size = level.size
             if pos % size:
                 break  # each size divides the next: no larger level is due either
-            start = (pos - 2 * size) % ring_len
-            # The level's newest input spectrum, into its delay line.
-            level.fft.rfft(ring[..., start : start + 2 * size], out=level.fdl[level.slot])
-            level.mac()
-            level.slot = (level.slot + 1) % level.count
-            conv = level.fft.irfft(level.acc)
-            t = pos % self._tail_len
-            chunk = self._tail[..., t : t + size]
-            np.add(chunk, conv[..., size:], out=chunk)
+            level.chunk(ring, (pos - 2 * size) % ring_len, self._tail, pos % self._tail_len)
 
     def reset(self) -> None:
         """Forget all input, as if just built."""

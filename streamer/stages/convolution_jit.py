@@ -4,9 +4,8 @@ A 256-frame block of a long filter costs the numpy kernel ~16 us, most of it in 
 numpy calls of the head path (each ~1 us of Python and dispatch around a few hundred ns
 of arithmetic). Here the whole head path of a block (ring write, the 2P-point FFT pair,
 the products, the output and the head's delay-line MAC) is one call. The levels k >= 1
-stay in Python: they run once per many blocks, on transforms long enough that call
-overhead does not matter, and only their MAC comes from here (fused: one pass instead
-of numpy's multiply into scratch and reduce).
+run between calls, one `level_chunk` call per level boundary (once per many blocks).
+Their MACs are fused: one pass instead of numpy's multiply into scratch and reduce.
 
 The head's FFTs are FFTW's when pyFFTW is installed (`FftwPlans`: plans made on the
 head's own buffers, executed from compiled code through the C function pointer; a
@@ -37,7 +36,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 from rocket_fft import c2r, r2c
 
-__all__ = ["FftwPlans", "fftw_library", "head_run", "mac", "no_fftw"]
+__all__ = ["FftwPlans", "fftw_library", "head_run", "level_chunk", "mac", "no_fftw"]
 
 # The transforms run along the frames axis of (streams, channels, frames) arrays.
 _FRAMES_AXIS = np.array([2], dtype=np.int64)
@@ -292,3 +291,54 @@ def head_run(  # pragma: no cover - compiled
             if level_size > 0 and pos % level_size == 0:
                 break
     return i, pos, slot
+
+
+@_jit
+def level_chunk(  # pragma: no cover - compiled
+    ring: Any,
+    start: int,
+    window: Any,
+    spec: Any,
+    fdl: Any,
+    spectra: Any,
+    acc: Any,
+    slot: int,
+    conv: Any,
+    tail: Any,
+    t: int,
+    fftw: Any,
+) -> None:
+    """One boundary of a level of size Q: what `PartitionedConvolver._level_chunks` does.
+
+    The newest input spectrum (of ring[..., start : start + 2Q]) goes into ``fdl[slot]``,
+    ``acc`` becomes the delay line's MAC, and its transform's last Q values are added
+    into tail[..., t : t + Q]. ``fftw`` is `FftwPlans.addresses` for window -> spec and
+    acc -> conv (which overwrites ``acc``), or `no_fftw`.
+    """
+    streams, channels, n = window.shape
+    size = n // 2
+    bins = size + 1
+    use_fftw = fftw[1] != 0
+    if use_fftw:
+        for s in range(streams):
+            for c in range(channels):
+                for k in range(n):
+                    window[s, c, k] = ring[s, c, start + k]
+        _call_with_pointer(fftw[0], fftw[1])
+        for s in range(streams):
+            for c in range(channels):
+                for b in range(bins):
+                    fdl[slot, s, c, b] = spec[s, c, b]
+    else:
+        r2c(ring[:, :, start : start + n], fdl[slot], _FRAMES_AXIS, True, 1.0, 1)
+    mac(spectra, fdl, acc, slot)
+    scale = 1.0 / n
+    if use_fftw:
+        _call_with_pointer(fftw[0], fftw[2])
+    else:
+        c2r(acc, conv, _FRAMES_AXIS, False, scale, 1)
+    out_scale = scale if use_fftw else 1.0
+    for s in range(streams):
+        for c in range(channels):
+            for k in range(size):
+                tail[s, c, t + k] += conv[s, c, size + k] * out_scale
