@@ -741,15 +741,20 @@ def test_numba_kernel_equals_the_numpy_kernel(
             assert_close_to_peak(outs[kernel, library][s], lfilter_ref(taps, x[s]), 1e-5)
 
 
-def test_numba_asked_for_and_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def hide_module(monkeypatch: pytest.MonkeyPatch, hidden: str) -> None:
+    """Make the kernels' optional imports of ``hidden`` fail, as if it were not installed."""
     real_import = convolution.importlib.import_module
 
-    def no_numba(name: str) -> Any:
-        if name == "streamer.stages.convolution_jit":
-            raise ImportError("No module named 'numba'")
-        return real_import(name)
+    def without(name: str, package: str | None = None) -> Any:
+        if name == hidden:
+            raise ImportError(f"No module named {hidden!r}")
+        return real_import(name, package)
 
-    monkeypatch.setattr(convolution.importlib, "import_module", no_numba)
+    monkeypatch.setattr(convolution.importlib, "import_module", without)
+
+
+def test_numba_asked_for_and_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    hide_module(monkeypatch, "streamer.stages.convolution_jit")
     cfg = FirConfig(design="lowpass", cutoff_hz=1000.0, numtaps=2_001, kernel="numba")
     with pytest.raises(BackendUnavailableError, match=r"stages\[0\]: kernel 'numba'.*rocket-fft"):
         FirStage(cfg, StreamLayout(1, RATE), block_hint=64)
@@ -1081,14 +1086,7 @@ def test_pyfftw_gives_the_scipy_output(
 
 
 def test_pyfftw_asked_for_and_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_import = convolution.importlib.import_module
-
-    def no_pyfftw(name: str) -> Any:
-        if name == "pyfftw":
-            raise ImportError("no module named pyfftw")
-        return real_import(name)
-
-    monkeypatch.setattr(convolution.importlib, "import_module", no_pyfftw)
+    hide_module(monkeypatch, "pyfftw")
     cfg = FirConfig(design="lowpass", cutoff_hz=1000.0, numtaps=20_001, fft_library="pyfftw")
     with pytest.raises(BackendUnavailableError, match=r"stages\[0\]: .*pip install pyfftw"):
         FirStage(cfg, StreamLayout(1, RATE), block_hint=64)
