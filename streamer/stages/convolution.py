@@ -730,7 +730,11 @@ class OverlapSaveConvolver:
 
 
 class _TailLevel:
-    """State of one level k >= 1 (or the head's partitions 1..N-1): delay line, spectra."""
+    """State of one level k >= 1 (or the head's partitions 1..N-1): delay line, spectra.
+
+    ``transforms``: whether the level makes its own FFTs (`chunk`); the head's partitions
+    1..N-1 only hold spectra the head transformed and meet them in a MAC.
+    """
 
     def __init__(
         self,
@@ -743,6 +747,8 @@ class _TailLevel:
         workers: int,
         library: FftLibrary,
         compiled: Any,
+        *,
+        transforms: bool,
     ) -> None:
         self.size = size = level.size
         self.count = level.count
@@ -754,19 +760,20 @@ class _TailLevel:
         self._compiled = compiled
         shape = (streams, channels)
         if compiled is None:
-            self._fft = _Fft(2 * size, shape, real, cplx, workers, library)
             # numpy's MAC multiplies into scratch, then reduces.
             self._scratch: Complex = np.zeros_like(self.fdl)
+        if not transforms:
+            return
+        if compiled is None:
+            self._fft = _Fft(2 * size, shape, real, cplx, workers, library)
             return
         # `convolution_jit.level_chunk`'s window copy, spectrum and transform buffers.
         self._window: Real = np.zeros((*shape, 2 * size), real)
         self._spec: Complex = np.zeros((*shape, size + 1), cplx)
         self._time: Real = np.zeros((*shape, 2 * size), real)
-        plans = None
-        if library != "scipy":
-            plans = compiled.FftwPlans.for_buffers(self._window, self._spec, self.acc, self._time)
-        self._fftw_plans = plans  # alive as long as the buffers they are bound to
-        self._fftw = compiled.no_fftw() if plans is None else plans.addresses
+        self._fftw_plans = compiled.FftwPlans(
+            self._window, self._spec, self.acc, self._time, enabled=_pyfftw(library) is not None
+        )
 
     def mac(self) -> None:
         """acc = the delay line's multiply-accumulate with the newest spectrum at ``slot``."""
@@ -782,7 +789,7 @@ class _TailLevel:
         if self._compiled is not None:
             self._compiled.level_chunk(
                 ring, start, self._window, self._spec, self.fdl, self.spectra, self.acc, slot,
-                self._time, tail, t, self._fftw,
+                self._time, tail, t, self._fftw_plans.addresses,
             )  # fmt: skip
         else:
             self._fft.rfft(ring[..., start : start + 2 * size], out=self.fdl[slot])
@@ -927,11 +934,8 @@ class PartitionedConvolver:
         head = plan.levels[0]
         p0 = head.size
         self._p0 = p0
-        self._head_fft = _Fft(2 * p0, (streams, channels), real, cplx, workers, fft_library)
         compiled = _compiled(kernel)
         self.kernel: Literal["numba", "numpy"] = "numpy" if compiled is None else "numba"
-        # The head's working spectrum when X_T itself must stay in the delay line.
-        self._head_spec: Complex = np.zeros((streams, channels, p0 + 1), cplx)
         head_spectra = _partition_spectra(taps, head, cplx)
         h0 = np.ascontiguousarray(head_spectra[0][np.newaxis])
         h0.setflags(write=False)
@@ -941,11 +945,14 @@ class PartitionedConvolver:
         if head.count > 1:
             tail = _TailLevel(
                 Level(p0, head.count - 1, p0), taps, streams, channels, real, cplx, workers,
-                fft_library, compiled,
+                fft_library, compiled, transforms=False,
             )
             self._head_tail = tail
         self._levels = [
-            _TailLevel(level, taps, streams, channels, real, cplx, workers, fft_library, compiled)
+            _TailLevel(
+                level, taps, streams, channels, real, cplx, workers, fft_library, compiled,
+                transforms=True,
+            )
             for level in plan.levels[1:]
         ]
         largest = max(level.size for level in plan.levels)
@@ -956,20 +963,22 @@ class PartitionedConvolver:
         self._tail: Real = np.zeros((streams, channels, self._tail_len), real)
         self._pos = 0
         self._compiled = compiled
-        if compiled is not None:
+        if compiled is None:
+            self._head_fft = _Fft(2 * p0, (streams, channels), real, cplx, workers, fft_library)
+            # The head's working spectrum when X_T itself must stay in the delay line.
+            self._head_spec: Complex = np.zeros((streams, channels, p0 + 1), cplx)
+        else:
             bins = p0 + 1
             # The compiled head's spectrum, product and transform buffers, and a stand-in
             # delay line of no partitions when the head has one.
             self._spec_buf: Complex = np.zeros((streams, channels, bins), cplx)
             self._work: Complex = np.zeros((streams, channels, bins), cplx)
             self._conv: Real = np.zeros((streams, channels, 2 * p0), real)
-            plans = None
-            if fft_library != "scipy":
-                plans = compiled.FftwPlans.for_buffers(
-                    self._scratch, self._spec_buf, self._work, self._conv
-                )
-            self._fftw_plans = plans  # alive as long as the buffers they are bound to
-            self._fftw = compiled.no_fftw() if plans is None else plans.addresses
+            self._fftw_plans = compiled.FftwPlans(
+                self._scratch, self._spec_buf, self._work, self._conv,
+                enabled=_pyfftw(fft_library) is not None,
+            )  # fmt: skip
+            self._fftw = self._fftw_plans.addresses  # read on every block
             if self._head_tail is None:
                 self._no_fdl: Complex = np.zeros((0, streams, channels, bins), cplx)
                 self._no_spectra: Complex = np.zeros((1, 1, 1, bins), cplx)

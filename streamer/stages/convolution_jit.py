@@ -30,13 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 from rocket_fft import c2r, r2c
 
-__all__ = ["FftwPlans", "fftw_library", "head_run", "level_chunk", "mac", "no_fftw"]
+__all__ = ["FftwPlans", "fftw_library", "head_run", "level_chunk"]
 
 # The transforms run along the frames axis of (streams, channels, frames) arrays.
 _FRAMES_AXIS = np.array([2], dtype=np.int64)
@@ -71,20 +70,16 @@ def fftw_library(real: type[np.floating[Any]]) -> ctypes.CDLL | None:
         return None
 
 
-def no_fftw() -> npt.NDArray[np.int64]:
-    """The `head_run` plans argument that says: no FFTW, transform with DUCC0."""
-    return np.zeros(3, np.int64)
-
-
 class FftwPlans:
-    """FFTW plans for the head's transforms: ``window`` -> ``spec`` and ``work`` -> ``time``.
+    """FFTW plans for a level's transforms: ``window`` -> ``spec`` and ``work`` -> ``time``.
 
     ``window`` and ``time`` are (streams, channels, 2P) real arrays, ``spec`` and
     ``work`` (streams, channels, P + 1) complex ones, all C-contiguous and of one
     precision; the plans are bound to them (FFTW_ESTIMATE: made in microseconds). The
     backward transform is unnormalised and overwrites ``work``. ``addresses`` is what
-    `head_run` takes: fftw_execute's address and the two plans. The plans are destroyed
-    with this object.
+    `head_run` and `level_chunk` take: fftw_execute's address and the two plans, or
+    zeros (transform with DUCC0) when ``enabled`` is false or FFTW cannot be loaded.
+    The plans are destroyed with this object.
 
     FFTW's planner is not thread-safe (the wheels' FFTW lacks
     ``fftw_make_planner_thread_safe``), and pyFFTW's planning lock is private: like
@@ -92,7 +87,11 @@ class FftwPlans:
     which the pipeline does in one thread; executing plans is thread-safe.
     """
 
-    def __init__(self, window: Any, spec: Any, work: Any, time: Any, lib: ctypes.CDLL) -> None:
+    def __init__(self, window: Any, spec: Any, work: Any, time: Any, *, enabled: bool) -> None:
+        lib = fftw_library(window.dtype.type) if enabled else None
+        if lib is None:
+            self.addresses = np.zeros(3, np.int64)
+            return
         prefix = "fftw" if window.dtype == np.float64 else "fftwf"
         rows = window.shape[0] * window.shape[1]
         n, bins = window.shape[2], spec.shape[2]
@@ -118,14 +117,6 @@ class FftwPlans:
         for plan in (forward, backward):
             weakref.finalize(self, destroy, plan)
 
-    @classmethod
-    def for_buffers(
-        cls, window: Any, spec: Any, work: Any, time: Any
-    ) -> FftwPlans | None:
-        """Plans on these buffers, or None when pyFFTW (hence FFTW) is not installed."""
-        lib = fftw_library(window.dtype.type)
-        return None if lib is None else cls(window, spec, work, time, lib)
-
 
 def _pointer_call(typingctx: Any, function: Any, argument: Any) -> Any:
     """``_call_with_pointer(function, argument)``: call ``void function(void *argument)``.
@@ -150,7 +141,7 @@ _call_with_pointer: Any = intrinsic(_pointer_call)
 
 
 @_jit
-def mac(spectra: Any, fdl: Any, acc: Any, slot: int) -> None:  # pragma: no cover - compiled
+def _mac(spectra: Any, fdl: Any, acc: Any, slot: int) -> None:  # pragma: no cover - compiled
     """acc = sum_i spectra[N - 1 - slot + i] * fdl[i]: a delay-line multiply-accumulate.
 
     ``spectra`` is the doubled layout of `convolution._doubled` (2N - 1, 1, rows, bins),
@@ -174,6 +165,28 @@ def mac(spectra: Any, fdl: Any, acc: Any, slot: int) -> None:  # pragma: no cove
                 f = fdl[i, s, c]
                 for b in range(bins):
                     total[b] += h[b] * f[b]
+
+
+@_jit
+def _window_into(ring: Any, start: int, valid: int, dst: Any) -> None:  # pragma: no cover
+    """dst[..., :valid] = ring[..., start : start + valid]; zeros after (FFTW's input)."""
+    streams, channels, n = dst.shape
+    for s in range(streams):
+        for c in range(channels):
+            for k in range(valid):
+                dst[s, c, k] = ring[s, c, start + k]
+            for k in range(valid, n):
+                dst[s, c, k] = 0.0
+
+
+@_jit
+def _spectrum_into(spec: Any, fdl: Any, slot: int) -> None:  # pragma: no cover - compiled
+    """fdl[slot] = spec, element by element: an array assignment may copy via a temporary."""
+    streams, channels, bins = spec.shape
+    for s in range(streams):
+        for c in range(channels):
+            for b in range(bins):
+                fdl[slot, s, c, b] = spec[s, c, b]
 
 
 @_jit
@@ -209,8 +222,8 @@ def head_run(  # pragma: no cover - compiled
     ``fdl`` holds the head's partitions 1..N-1 ((0, ...) when the head has one
     partition), ``spectra`` their doubled spectra and ``acc`` their sum A_T; ``tail``
     is the levels' time-domain ring, read and cleared as outputs are emitted.
-    ``fftw`` is `FftwPlans.addresses` (scratch -> spec_buf, work -> conv) or
-    `no_fftw` (DUCC0 then transforms the ring's window in place of a copy).
+    ``fftw`` is `FftwPlans.addresses` (scratch -> spec_buf, work -> conv); zeros mean
+    DUCC0, which transforms the ring's window in place of a copy.
     """
     frames = x.shape[2]
     streams, channels = x.shape[0], x.shape[1]
@@ -241,20 +254,12 @@ def head_run(  # pragma: no cover - compiled
         into_fdl = full and count > 0  # a complete X_T also goes into the delay line
         if use_fftw or not full:
             # [x_{T-1} | r frames of x_T | zeros for the frames not yet here]
-            for s in range(streams):
-                for c in range(channels):
-                    for k in range(p0 + end):
-                        scratch[s, c, k] = ring[s, c, start + k]
-                    for k in range(p0 + end, 2 * p0):
-                        scratch[s, c, k] = 0.0
+            _window_into(ring, start, p0 + end, scratch)
         if use_fftw:
             _call_with_pointer(fftw[0], fftw[1])
             spec = spec_buf
-            if into_fdl:  # element by element: an array assignment may copy via a temporary
-                for s in range(streams):
-                    for c in range(channels):
-                        for b in range(bins):
-                            fdl[slot, s, c, b] = spec_buf[s, c, b]
+            if into_fdl:
+                _spectrum_into(spec_buf, fdl, slot)
         else:
             window = ring[:, :, start : start + 2 * p0] if full else scratch
             spec = fdl[slot] if into_fdl else work
@@ -286,7 +291,7 @@ def head_run(  # pragma: no cover - compiled
         i += take
         if full:
             if count > 0:  # A_{T+1} for the next partition
-                mac(spectra, fdl, acc, slot)
+                _mac(spectra, fdl, acc, slot)
                 slot = (slot + 1) % count
             if level_size > 0 and pos % level_size == 0:
                 break
@@ -313,25 +318,18 @@ def level_chunk(  # pragma: no cover - compiled
     The newest input spectrum (of ring[..., start : start + 2Q]) goes into ``fdl[slot]``,
     ``acc`` becomes the delay line's MAC, and its transform's last Q values are added
     into tail[..., t : t + Q]. ``fftw`` is `FftwPlans.addresses` for window -> spec and
-    acc -> conv (which overwrites ``acc``), or `no_fftw`.
+    acc -> conv (which overwrites ``acc``); zeros mean DUCC0.
     """
     streams, channels, n = window.shape
     size = n // 2
-    bins = size + 1
     use_fftw = fftw[1] != 0
     if use_fftw:
-        for s in range(streams):
-            for c in range(channels):
-                for k in range(n):
-                    window[s, c, k] = ring[s, c, start + k]
+        _window_into(ring, start, n, window)
         _call_with_pointer(fftw[0], fftw[1])
-        for s in range(streams):
-            for c in range(channels):
-                for b in range(bins):
-                    fdl[slot, s, c, b] = spec[s, c, b]
+        _spectrum_into(spec, fdl, slot)
     else:
         r2c(ring[:, :, start : start + n], fdl[slot], _FRAMES_AXIS, True, 1.0, 1)
-    mac(spectra, fdl, acc, slot)
+    _mac(spectra, fdl, acc, slot)
     scale = 1.0 / n
     if use_fftw:
         _call_with_pointer(fftw[0], fftw[2])

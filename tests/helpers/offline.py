@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from streamer.block import Block
+from streamer.cli import main
 from streamer.config import load_config, with_overrides
 from streamer.sources import open_source
 from streamer.stages import build_stages
@@ -25,3 +28,13 @@ def offline_default_output(seconds: float) -> np.ndarray:
     for stage in build_stages(cfg.stages, source.layout, block=whole.shape[1]):
         block = stage.process(block)
     return block.samples
+
+
+def replay_wav(tmp_path: Path, x: np.ndarray, rate: int, config: Path) -> tuple[np.ndarray, int]:
+    """``streamer replay`` of ``x`` written as a float WAV, through ``config``: (output, rate)."""
+    sf.write(tmp_path / "in.wav", x, rate, subtype="FLOAT")
+    out = tmp_path / "out.wav"
+    argv = ["replay", str(tmp_path / "in.wav"), "--config", str(config), "--output", str(out)]
+    assert main(argv) == 0
+    y, out_rate = sf.read(out, dtype="float64")
+    return y, int(out_rate)

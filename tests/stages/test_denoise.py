@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-import soundfile as sf
 
 from streamer.block import Block, StreamLayout
-from streamer.cli import main
 from streamer.config import DenoiseConfig, parse_config
 from streamer.errors import BlockLayoutError, ConfigError
 from streamer.stages import STAGE_KINDS, DenoiseStage
 
+from ..helpers.offline import replay_wav
 from ..helpers.signals import feed, noise, random_splits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,12 +128,7 @@ def test_replay_with_the_example_config(tmp_path: Path) -> None:
     noisy = (clean + 0.05 * np.random.default_rng(7).standard_normal(clean.size)).astype(
         np.float32
     )
-    sf.write(tmp_path / "noisy.wav", noisy, RATE, subtype="FLOAT")
-    out = tmp_path / "clean.wav"
-    cfg = ROOT / "config" / "denoise-classical.toml"
-    argv = ["replay", str(tmp_path / "noisy.wav"), "--config", str(cfg), "--output", str(out)]
-    assert main(argv) == 0
-    y, rate = sf.read(out, dtype="float64")
+    y, rate = replay_wav(tmp_path, noisy, RATE, ROOT / "config" / "denoise-classical.toml")
     assert rate == RATE and y.size == noisy.size
     d = DenoiseStage(DenoiseConfig(), StreamLayout(1, RATE)).latency
     assert snr_db(clean[: y.size - d], y[d:]) > snr_db(clean, noisy) + 8.0

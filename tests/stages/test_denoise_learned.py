@@ -18,12 +18,12 @@ import soundfile as sf
 import torch
 
 from streamer.block import StreamLayout
-from streamer.cli import main
 from streamer.config import DenoiseConfig, parse_config
 from streamer.errors import BackendUnavailableError, ConfigError
 from streamer.stages import DenoiseStage
 from streamer.stages.denoise_model import BandLayout, DenoiserNet, load_denoiser, save_denoiser
 
+from ..helpers.offline import replay_wav
 from ..helpers.signals import feed, noise, random_splits
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,11 +175,6 @@ def test_config_errors(stage: dict[str, object], match: str) -> None:
 @pytest.mark.parametrize("rate", [8_000, 48_000])
 def test_replay_with_the_example_config_at_any_rate(tmp_path: Path, rate: int) -> None:
     x = noise(1, rate, 12, level=0.05)[0]
-    sf.write(tmp_path / "noisy.wav", x, rate, subtype="FLOAT")
-    out = tmp_path / "clean.wav"
-    cfg = ROOT / "config" / "denoise.toml"
-    argv = ["replay", str(tmp_path / "noisy.wav"), "--config", str(cfg), "--output", str(out)]
-    assert main(argv) == 0
-    y, got_rate = sf.read(out, dtype="float64")
+    y, got_rate = replay_wav(tmp_path, x, rate, ROOT / "config" / "denoise.toml")
     assert got_rate == rate and y.size == x.size
     assert np.std(y[rate // 2 :]) < 0.5 * np.std(x)  # white noise alone: mostly removed

@@ -831,14 +831,14 @@ def assert_compiled_kernels_do_not_allocate() -> None:
 
     from streamer.stages import convolution_jit
 
-    # The service's signatures: float32 blocks (head_run), complex128 spectra (mac).
+    # The service's signatures: float32 blocks (head_run), the float64 ring (level_chunk).
     block_type = numba.typeof(np.zeros((1, 1, 1), np.float32))
-    spectra_type = numba.typeof(np.zeros((1, 1, 1, 1), np.complex128))
+    ring_type = numba.typeof(np.zeros((1, 1, 1), np.float64))
     for kernel_fn, first in ((convolution_jit.head_run, block_type),
-                             (convolution_jit.mac, spectra_type)):  # fmt: skip
+                             (convolution_jit.level_chunk, ring_type)):  # fmt: skip
         signature = next((sig for sig in kernel_fn.signatures if sig[0] == first), None)
         if signature is None:
-            continue  # no level: mac only runs inside head_run (and is in its IR)
+            continue  # no level: level_chunk never ran
         # Cached code cannot be inspected: compile an uncached copy.
         fresh = numba.njit(nogil=True, error_model="numpy")(kernel_fn.py_func)
         fresh.compile(signature)
