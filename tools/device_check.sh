@@ -7,7 +7,8 @@
 # then, through the device tool: run(command="tools/device_check.sh", carry=[".whl"],
 # timeout_s=600). It prints and writes under $OUT: the CUDA tests (FIR kernel against
 # lfilter, learned denoiser against the CPU), how many 65536-tap 48 kHz streams one GPU
-# filters in real time, and `streamer bench` on the cuda backend.
+# filters in real time, a chain of CUDA stages handing tensors on against a trip
+# through numpy each, and `streamer bench` on the cuda backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +50,9 @@ done
 python3 tools/bench_fir.py --taps 65536 --blocks 256 4096 65536 --channels 1 8 --backend torch \
     --device cuda --algorithm partitioned --no-gnuradio --repeats 3 --seconds 4 \
     2>&1 | tee "$out/fir-grid.txt"
+
+python3 tools/bench_torch_chain.py --device cuda --stages 3 --taps 65536 \
+    --blocks 64 256 1024 --repeats 5 2>&1 | tee "$out/torch-chain.txt"
 
 python3 -m streamer bench --backends numpy,cuda --no-latency --blocks 64,256,1024,4096 \
     --out "$out/bench-default" 2>&1 | tee "$out/bench-default.txt"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from fractions import Fraction
+from itertools import zip_longest
 
 from streamer.block import StreamLayout
 from streamer.config import StageConfig
@@ -23,6 +24,7 @@ __all__ = [
     "build_stages",
     "chain_latency_s",
     "chain_layouts",
+    "link_tensor_hand_offs",
     "output_layout",
 ]
 
@@ -83,4 +85,17 @@ def build_stages(
             stage.name = f"{stage.name}.{count}"
         stages.append(stage)
         current = output_layout(stage, current)
+    link_tensor_hand_offs(stages)
     return stages
+
+
+def link_tensor_hand_offs(stages: Sequence[Stage]) -> None:
+    """Let each stage on a torch device hand the next one a tensor when that one computes
+    on the same device (`Stage`): a chain of GPU stages then copies to the GPU once, at
+    its start, and back once, at its end, instead of at every stage. A stage before a
+    numpy stage, and the last, return numpy."""
+    for stage, successor in zip_longest(stages, stages[1:]):  # the last one's is None
+        device = getattr(stage, "tensor_device", None)
+        if device is not None:
+            next_device = getattr(successor, "tensor_device", None)
+            stage.hands_off_tensors = device == next_device  # type: ignore[union-attr]

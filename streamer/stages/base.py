@@ -21,6 +21,14 @@ class Stage(Protocol):
     ``out_layout: StreamLayout`` attribute, the layout of the blocks it returns;
     the next stage and the sinks are built for that (`streamer.stages.chain_layouts`).
     A stage without one returns blocks of the layout it was built for.
+
+    A stage that computes on a torch device has a ``tensor_device: torch.device``
+    attribute and a ``hands_off_tensors: bool`` one, False when built. It takes blocks
+    whose samples are a torch tensor on that device as well as numpy ones; with
+    ``hands_off_tensors`` set it returns its samples as a float32 tensor there instead
+    of numpy, so that nothing crosses the bus between it and the next stage.
+    `streamer.stages.link_tensor_hand_offs` sets it where the next stage computes on
+    the same device; the last stage of a chain always returns numpy (the sinks' input).
     """
 
     name: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +14,11 @@ from streamer.block import Block, StreamLayout
 from streamer.config import FirConfig
 from streamer.errors import BackendUnavailableError, ConfigError, InputFileError
 from streamer.stages.convolution import Algorithm, Convolver, Plan, fft_size_for, make_convolver
+
+if TYPE_CHECKING:
+    import torch
+
+    from streamer.stages.convolution_torch import TorchPartitionedConvolver
 
 __all__ = ["FirStage", "design_taps", "fft_size_for", "load_taps"]
 
@@ -276,7 +281,8 @@ class FirStage:
     block is.
 
     Backends: numpy (every algorithm); torch on the CPU or CUDA (``backend = "torch"``,
-    the partitioned algorithm)
+    the partitioned algorithm), which takes tensors on its device and hands them on to a
+    next stage there (``tensor_device``, ``hands_off_tensors``: `Stage`)
     """
 
     def __init__(
@@ -314,6 +320,9 @@ class FirStage:
         self.algorithm: Algorithm = self.plan.algorithm
         self.nfft: int = self.plan.nfft
         self.fft_block: int = self.plan.fft_block
+        # The torch backend's device, where it takes and can give tensors (`Stage`).
+        self.tensor_device: torch.device | None = getattr(self._convolver, "device", None)
+        self.hands_off_tensors = False
 
     def process(self, block: Block) -> Block:
         """Filter one block.
@@ -346,10 +355,27 @@ class FirStage:
         """
         self.layout.check(block, f"fir stage {self.name!r}")
         x = block.samples
+        if self.tensor_device is not None:
+            return block.with_samples(self._process_on_device(x))
         # New on every call, by contract: the result is handed to other threads.
         out = np.empty(x.shape, dtype=np.float32)
         self._convolver.process(x[np.newaxis], out[np.newaxis])
         return block.with_samples(out)
+
+    def _process_on_device(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """The torch backend's block: ``x`` numpy or already a tensor on the device; the
+        result a float32 tensor there when handed off, else new numpy memory."""
+        import torch  # loaded already: the torch backend was built
+
+        conv = cast("TorchPartitionedConvolver", self._convolver)
+        samples = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
+        y = conv.process_tensor(samples.to(conv.device)[None])[0].to(torch.float32)
+        if self.hands_off_tensors:
+            # A tensor where the block's type says numpy: only the next stage, on the
+            # same device, sees it (`link_tensor_hand_offs`).
+            return cast("npt.NDArray[np.float32]", y)
+        host: npt.NDArray[np.float32] = y.cpu().numpy()
+        return host
 
     def reset(self) -> None:
         """Forget the input history, as if just built."""

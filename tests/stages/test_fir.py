@@ -18,7 +18,7 @@ import soundfile as sf
 from streamer.block import Block, StreamLayout
 from streamer.config import FirConfig, FirDesign, load_config, parse_config
 from streamer.errors import BackendUnavailableError, BlockLayoutError, ConfigError, InputFileError
-from streamer.stages import convolution
+from streamer.stages import build_stages, convolution
 from streamer.stages.convolution import (
     Algorithm,
     FftLibrary,
@@ -35,6 +35,7 @@ from streamer.stages.convolution import (
 from streamer.stages.fir import FirStage, design_taps, fft_size_for, load_taps
 
 from ..helpers.alloc import peak_extra_bytes
+from ..helpers.offline import replay_wav
 from ..helpers.signals import feed, noise, random_splits, tones
 
 RATE = 48_000
@@ -936,16 +937,22 @@ def test_algorithm_config_fields() -> None:
         assert err.value.key is not None and err.value.key.startswith("stages[0]")
 
 
+def load_tool(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``tools/NAME.py`` imported as a module."""
+    path = Path(__file__).resolve().parents[2] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, tool)  # dataclasses look it up
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def test_bench_tool_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """tools/bench_fir.py on a tiny grid: a row per configuration, and the CSV."""
-    path = Path(__file__).resolve().parents[2] / "tools" / "bench_fir.py"
-    spec = importlib.util.spec_from_file_location("bench_fir", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_fir", bench)  # dataclasses look it up
-    spec.loader.exec_module(bench)
+    bench = load_tool("bench_fir", monkeypatch)
     csv_path = tmp_path / "fir.csv"
     argv = ["--taps", "31", "--blocks", "64", "100", "--channels", "2", "--repeats", "1"]
     argv += ["--seconds", "0.05", "--no-gnuradio", "--csv", str(csv_path)]
@@ -954,6 +961,18 @@ def test_bench_tool_runs(
     assert "partitioned" in out and "GNU Radio: not found" in out
     lines = csv_path.read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("taps,block,channels,algorithm")
+
+
+def test_torch_chain_bench_tool_runs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tools/bench_torch_chain.py on a tiny chain: a row per block size (it checks that
+    handing tensors on leaves the output as it was)."""
+    bench = load_tool("bench_torch_chain", monkeypatch)
+    argv = ["--stages", "2", "--taps", "64", "--blocks", "32", "100", "--seconds", "0.05"]
+    assert bench.main([*argv, "--repeats", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split()[0] for row in rows] == ["32", "100"]
 
 
 def test_long_fir_example_config() -> None:
@@ -1018,6 +1037,78 @@ def test_torch_process_tensor_stays_on_its_device() -> None:
     y = conv.process_tensor(x)
     assert y.device == x.device and y.shape == x.shape
     assert_close_to_peak(y.numpy()[0], lfilter_ref(taps, x.numpy()[0]), 1e-9)
+
+
+def torch_device_or_skip(name: str) -> Any:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    return torch.device(name)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("last", ["torch", "numpy"])
+def test_torch_stages_hand_tensors_on_and_the_chain_ends_in_numpy(device: str, last: str) -> None:
+    """Two torch FIR stages on one device pass a tensor between them, never numpy; the
+    last stage of the chain, or a stage before a numpy one, returns numpy; the chain
+    still equals the cascade of lfilters on any block split."""
+    import torch
+
+    on = torch_device_or_skip(device)
+    designs = [("lowpass", 3_000.0, 301), ("highpass", 200.0, 1_001), ("lowpass", 5_000.0, 31)]
+    configs = [
+        FirConfig(design=kind, cutoff_hz=cut, numtaps=n, backend="torch", device=device)
+        for kind, cut, n in designs[:2]
+    ]
+    kind, cut, n = designs[2]
+    configs.append(FirConfig(design=kind, cutoff_hz=cut, numtaps=n, backend=last, device=(
+        device if last == "torch" else "cpu")))
+    assert build_stages([], StreamLayout(2, RATE), block=128) == []  # nothing to link
+    stages = build_stages(configs, StreamLayout(2, RATE), block=128)
+    assert [stage.hands_off_tensors for stage in stages] == [True, last == "torch", False]
+    rng = np.random.default_rng(12)
+    x = signal(2, 6_000, seed=12)
+    outs, start = [], 0
+    for seq, frames in enumerate(random_splits(x.shape[1], rng, 700)):
+        block = Block(np.ascontiguousarray(x[:, start : start + frames]), "t", seq, start, RATE, 0)
+        for stage in stages:
+            block = stage.process(block)
+            if stage.hands_off_tensors:
+                assert isinstance(block.samples, torch.Tensor)
+                assert block.samples.device.type == on.type
+                assert block.samples.dtype == torch.float32
+            else:
+                assert isinstance(block.samples, np.ndarray)
+        assert block.samples.dtype == np.float32 and block.samples.shape == (2, frames)
+        outs.append(block.samples)
+        start += frames
+    ref = x
+    for stage in stages:  # every stage's output is float32, as on the wire
+        ref = lfilter_ref(stage.taps, ref).astype(np.float32)
+    assert_close_to_peak(np.concatenate(outs, axis=1), ref.astype(np.float64), 1e-5)
+
+
+def test_a_config_of_torch_stages_replays_to_the_cascade(tmp_path: Path) -> None:
+    """`streamer replay` through two torch FIR stages (a tensor between them) writes the
+    cascade of the two lfilters."""
+    config = tmp_path / "two.toml"
+    config.write_text(
+        "[pipeline]\nblock = 100\n"
+        '[[stages]]\nkind = "fir"\ndesign = "lowpass"\ncutoff_hz = 4000.0\nnumtaps = 513\n'
+        'backend = "torch"\n'
+        '[[stages]]\nkind = "fir"\ndesign = "highpass"\ncutoff_hz = 300.0\nnumtaps = 2001\n'
+        'backend = "torch"\n'
+    )
+    x = signal(1, 20_000, seed=13)[0]
+    y, rate = replay_wav(tmp_path, x, RATE, config)
+    assert rate == RATE
+    cfg = load_config(config, environ={})
+    ref = x[np.newaxis]
+    for stage_cfg in cfg.stages:
+        assert isinstance(stage_cfg, FirConfig)
+        ref = lfilter_ref(design_taps(stage_cfg, StreamLayout(1, RATE)), ref).astype(np.float32)
+    assert_close_to_peak(y, ref[0].astype(np.float64), 1e-5)
 
 
 @pytest.mark.parametrize(
