@@ -446,7 +446,7 @@ class AnomalyStage:
         BlockLayoutError
             The block's channel count or rate differs from the stage's layout.
         """
-        self.layout.check(block, f"anomaly stage {self.name!r}")
+        self.layout.check(block, "anomaly", self.name)
         # Event times are stream times: from the first block's t0, and moved on by
         # any gap (lost samples) in between, which the frames themselves cannot see.
         if self._next_t0 is None:

@@ -284,7 +284,7 @@ class DenoiseStage:
         BlockLayoutError
             The block's channel count or rate differs from the stage's layout.
         """
-        self.layout.check(block, f"denoise stage {self.name!r}")
+        self.layout.check(block, "denoise", self.name)
         if self._around is not None:
             return block.with_samples(self._around.process(block))
         spectra = self._stft.process(block.samples)

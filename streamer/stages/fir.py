@@ -353,7 +353,7 @@ class FirStage:
         partitioned algorithms (a level of partition Q spans taps up to
         numtaps + Q - 1 and its windows reach back 2Q frames, 2Q <= nfft).
         """
-        self.layout.check(block, f"fir stage {self.name!r}")
+        self.layout.check(block, "fir", self.name)
         x = block.samples
         if self.tensor_device is not None:
             return block.with_samples(self._process_on_device(x))

@@ -223,7 +223,7 @@ class ResampleStage:
         BlockLayoutError
             The block's channel count or rate differs from the stage's input.
         """
-        self.layout.check(block, f"resample stage {self.name!r}")
+        self.layout.check(block, "resample", self.name)
         x = block.samples
         first = self._out
         end = -(-(self._in + block.frames) * self.up // self.down)
