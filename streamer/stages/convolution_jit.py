@@ -14,9 +14,9 @@ head's own buffers, executed from compiled code through the C function pointer; 
 The rest of the arithmetic is numpy's, term by term and in the same order (no
 fastmath), so the output equals the numpy kernel's to rounding.
 
-Compiled functions are cached on disk (``cache=True``) next to this file, or where
-``NUMBA_CACHE_DIR`` says: the first process compiles each signature (~2 s), later ones
-load it.
+Compiled functions are cached on disk (``cache=True``) next to this file, in the user's
+cache (``~/.cache/numba``) where the install is read-only, or where ``NUMBA_CACHE_DIR``
+says: the first process compiles each signature (~2 s), later ones load it.
 """
 
 from __future__ import annotations
