@@ -987,6 +987,12 @@ class PartitionedConvolver:
             # first block: float32 blocks in and out.
             empty = np.zeros((streams, channels, 0), np.float32)
             self._process_compiled(empty, empty)
+        # The same for the levels, not at their first boundary in the middle of a stream
+        # (the compiled chunk took ~7 ms to load there, seconds to compile; a first FFT of
+        # a size plans it): one chunk of each on the zeroed state, which `reset` clears.
+        for level in self._levels:
+            level.chunk(self._ring, 0, self._tail, 0)
+        self.reset()
 
     def process(self, x: Real, out: Real) -> None:
         """Filter ``x`` (streams, channels, frames) into ``out`` (same shape, any float)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -740,6 +741,22 @@ def test_numba_kernel_equals_the_numpy_kernel(
         assert_close_to_peak(outs[kernel, library], reference, rel)
         for s in range(2):
             assert_close_to_peak(outs[kernel, library][s], lfilter_ref(taps, x[s]), 1e-5)
+
+
+def test_a_built_stage_compiles_nothing_at_its_first_level_boundary() -> None:
+    """In a fresh process, building a stage with levels compiles (or loads) the level
+    kernel too, so no boundary in the stream waits for it."""
+    code = (
+        "import numpy as np\n"
+        "from streamer.stages import convolution_jit as jit\n"
+        "from streamer.stages.convolution import make_convolver\n"
+        "conv = make_convolver(np.ones(20_000) / 2e4, channels=1, block=64, kernel='numba')\n"
+        "assert conv.plan.algorithm == 'nonuniform', conv.plan\n"
+        "print(len(jit.level_chunk.signatures), len(jit.head_run.signatures))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)  # fmt: skip
+    assert done.stdout.split() == ["1", "1"], done.stdout + done.stderr
 
 
 def hide_module(monkeypatch: pytest.MonkeyPatch, hidden: str) -> None:
