@@ -375,19 +375,19 @@ def _head_cost(
 ) -> float:
     """ns per frame of the head level: P0 frames, ``count`` partitions, blocks of B."""
     bins = p0 + 1
+    # What each row's partition touches besides its transforms: the ring write, the
+    # window copy, the product and the output (the numpy path's copies, below, too).
+    copies = rows * (2 * bins + 3 * p0) * _COPY_NS
     if head != "numpy":
         n = 2 * p0
         fft = (_COMPILED_FFT_NS[head] + _COMPILED_FFT_ROW_NS * (rows - 1)) * n * math.log2(n)
         per_call = _COMPILED_CALL_NS[head] + fft + _mac_ns(count - 1, bins, rows, head)
-        return per_call / min(p0, block)
+        return (per_call + copies) / min(p0, block)
     # Per head partition: one FFT pair of 2 P0, multiply by H_0 and add the tail sum
     # (2 passes over the bins), the output and tail-ring passes, and the MAC over the
     # other count - 1 partitions. A block B < P0 still costs a whole partition's work.
     per_partition = (
-        _HEAD_NS
-        + _fft_pair_ns(2 * p0, rows, fftw)
-        + _mac_ns(count - 1, bins, rows)
-        + rows * (2 * bins + 3 * p0) * _COPY_NS
+        _HEAD_NS + _fft_pair_ns(2 * p0, rows, fftw) + _mac_ns(count - 1, bins, rows) + copies
     )
     return per_partition / min(p0, block)
 

@@ -965,19 +965,29 @@ def load_tool(name: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     return tool
 
 
-def test_bench_tool_runs(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("tool", "argv", "printed", "header"),
+    [
+        ("bench_fir", ["--blocks", "64", "100", "--channels", "2", "--seconds", "0.05",
+                       "--no-gnuradio"], "GNU Radio: not found", "taps,block,channels,algorithm"),
+        ("check_cost_model", ["--blocks", "64", "4096", "--channels", "1", "--seconds", "0.2",
+                              "--workdir", "{tmp}"], "pick vs fastest over 2 configurations",
+         "taps,block,channels,pick,fastest"),
+    ],
+)  # fmt: skip
+def test_fir_tool_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tool: str, argv: list[str], printed: str, header: str,
 ) -> None:
-    """tools/bench_fir.py on a tiny grid: a row per configuration, and the CSV."""
-    bench = load_tool("bench_fir", monkeypatch)
-    csv_path = tmp_path / "fir.csv"
-    argv = ["--taps", "31", "--blocks", "64", "100", "--channels", "2", "--repeats", "1"]
-    argv += ["--seconds", "0.05", "--no-gnuradio", "--csv", str(csv_path)]
-    assert bench.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "partitioned" in out and "GNU Radio: not found" in out
+    """tools/bench_fir.py and tools/check_cost_model.py on a tiny grid: a row per
+    configuration, and the CSV."""
+    module = load_tool(tool, monkeypatch)
+    csv_path = tmp_path / "rows.csv"
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    assert module.main(["--taps", "31", "--repeats", "1", *argv, "--csv", str(csv_path)]) == 0
+    assert printed in capsys.readouterr().out
     lines = csv_path.read_text().splitlines()
-    assert len(lines) == 3 and lines[0].startswith("taps,block,channels,algorithm")
+    assert len(lines) == 3 and lines[0].startswith(header)
 
 
 def test_torch_chain_bench_tool_runs(
