@@ -175,6 +175,10 @@ class LearnedGains:
         self._rate = rate
         self._channels = channels
         self._floor = 10.0 ** (-cfg.floor_db / 20.0)
+        # One network call now, on silence: torch's first call (its kernel choices, and on
+        # a GPU the context) took ~37 ms on the CPU, a stall in the middle of a stream.
+        self.reset()
+        self.gains(np.zeros((channels, 1, window.size // 2 + 1)))
         self.reset()
 
     def reset(self) -> None:
