@@ -104,6 +104,13 @@ class TorchPartitionedConvolver:
         self._seg = torch.zeros(*shape, 2 * p, dtype=self._real, device=self.device)
         self._fdl = torch.zeros(k, *shape, p + 1, dtype=cplx, device=self.device)
         self._acc = torch.zeros(*shape, p + 1, dtype=cplx, device=self.device)
+        # Every step's result has a buffer of its own, so a block allocates only its
+        # output: the segment's spectrum, its product with H_0 plus A_T, the transform
+        # back, and the delay line's products before their sum.
+        self._spec = torch.zeros(*shape, p + 1, dtype=cplx, device=self.device)
+        self._prod = torch.zeros_like(self._spec)
+        self._conv = torch.zeros_like(self._seg)
+        self._terms = torch.zeros_like(self._fdl)
         self.reset()
 
     def reset(self) -> None:
@@ -116,14 +123,16 @@ class TorchPartitionedConvolver:
 
     def process(self, x: npt.NDArray[np.floating], out: npt.NDArray[np.floating]) -> None:
         """Filter numpy ``x`` (streams, channels, frames) into ``out`` (same shape)."""
-        y = self.process_tensor(torch.from_numpy(np.asarray(x)).to(self.device, self._real))
+        y = self.process_tensor(torch.from_numpy(np.asarray(x)).to(self.device))
         out[...] = y.cpu().numpy()
 
-    def process_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Filter ``x`` (streams, channels, frames) on the device; returns a new tensor."""
+    def process_tensor(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Filter ``x`` (streams, channels, frames, any float dtype) on the device; returns a
+        new tensor of ``dtype`` (default: the compute precision's)."""
         p, seg = self._p, self._seg
+        spec, prod, conv = self._spec, self._prod, self._conv
         frames = x.shape[-1]
-        out = torch.empty(x.shape, dtype=self._real, device=self.device)
+        out = torch.empty(x.shape, dtype=dtype or self._real, device=self.device)
         i = 0
         while i < frames:
             r = self._fill
@@ -134,8 +143,9 @@ class TorchPartitionedConvolver:
             # outputs are not emitted yet (a causal filter's output q needs none after q).
             if end < p:
                 seg[..., p + end :] = 0.0
-            spec = torch.fft.rfft(seg, dim=-1)
-            conv = torch.fft.irfft(torch.addcmul(self._acc, spec, self._h0), n=2 * p, dim=-1)
+            torch.fft.rfft(seg, dim=-1, out=spec)
+            torch.addcmul(self._acc, spec, self._h0, out=prod)
+            torch.fft.irfft(prod, n=2 * p, dim=-1, out=conv)
             out[..., i : i + take] = conv[..., p + r : p + end]
             i += take
             self._fill = end
@@ -151,7 +161,8 @@ class TorchPartitionedConvolver:
             self._fdl[self._slot] = spec
             w = self._slot
             window = self._tail_h[k - 1 - w : 2 * k - 1 - w]
-            torch.sum(window * self._fdl, dim=0, out=self._acc)
+            torch.mul(window, self._fdl, out=self._terms)
+            torch.sum(self._terms, dim=0, out=self._acc)
         seg, p = self._seg, self._p
         seg[..., :p] = seg[..., p:]
         self._fill = 0

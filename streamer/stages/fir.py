@@ -369,7 +369,7 @@ class FirStage:
 
         conv = cast("TorchPartitionedConvolver", self._convolver)
         samples = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
-        y = conv.process_tensor(samples.to(conv.device)[None])[0].to(torch.float32)
+        y = conv.process_tensor(samples.to(conv.device)[None], torch.float32)[0]
         if self.hands_off_tensors:
             # A tensor where the block's type says numpy: only the next stage, on the
             # same device, sees it (`link_tensor_hand_offs`).

@@ -1066,6 +1066,27 @@ def test_torch_process_tensor_stays_on_its_device() -> None:
     assert_close_to_peak(y.numpy()[0], lfilter_ref(taps, x.numpy()[0]), 1e-9)
 
 
+def test_torch_blocks_allocate_their_output_and_the_ffts_scratch_only() -> None:
+    """torch's profiler sees its CPU allocator: over 20 partitions (with delay-line
+    boundaries) only the output and torch's own FFT temporaries (its ``out=`` transforms
+    compute into one and copy) are allocated; the MAC and the products use buffers."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    p, partitions = 64, 20
+    taps = random_taps(1, 3_000, np.random.default_rng(11))
+    conv = make_convolver(taps, channels=1, block=p, backend="torch")
+    x = torch.randn(1, 1, p * partitions, dtype=torch.float64)
+    conv.process_tensor(x)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        conv.process_tensor(x)
+    allocated = {e.key: e.self_cpu_memory_usage for e in prof.key_averages()
+                 if e.self_cpu_memory_usage > 0}  # fmt: skip
+    assert set(allocated) <= {"aten::empty"}, allocated
+    fft_scratch = (p + 1) * 16 + 2 * p * 8  # a spectrum and a signal per partition
+    assert allocated.get("aten::empty", 0) <= x.numel() * 8 + partitions * fft_scratch
+
+
 def torch_device_or_skip(name: str) -> Any:
     import torch
 
