@@ -124,7 +124,7 @@ def design(numtaps: int) -> F64:
 
 def build_stage(
     x: F32, numtaps: int, block: int, algorithm: str, precision: str, backend: str = "numpy",
-    device: str = "cpu", fft_library: str = "auto", kernel: str = "auto",
+    device: str = "cpu", fft_library: str = "auto", kernel: str = "auto", fft_workers: int = 1,
 ) -> tuple[FirStage, list[Block]]:
     """The stage for one configuration and ``x`` cut into its blocks, warmed up."""
     channels, frames = x.shape
@@ -139,6 +139,7 @@ def build_stage(
             "device": device,
             "fft_library": fft_library,
             "kernel": kernel,
+            "fft_workers": fft_workers,
         }
     )
     stage = FirStage(cfg, StreamLayout(channels, RATE), block_hint=block)
@@ -266,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         "--kernel", choices=("auto", "numba", "numpy"), default="auto",
         help="the partitioned algorithms' per-block path (numpy backend)",
     )  # fmt: skip
+    parser.add_argument(
+        "--fft-workers", type=int, default=1, help="the stage's fft_workers (large transforms)"
+    )
     parser.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch's")
     parser.add_argument(
@@ -289,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{RATE} Hz noise, {args.seconds:g} s, stage/oaconvolve/GNU Radio median of "
         f"{args.repeats}; lfilter+zi at most {args.lfilter_budget:g} s per config; "
-        f"algorithm {args.algorithm}, {args.precision}, kernel {args.kernel}; {gr_note}; "
+        f"algorithm {args.algorithm}, {args.precision}, kernel {args.kernel}, "
+        f"fft_workers {args.fft_workers}; {gr_note}; "
         f"freed memory {'kept (oaconvolve at its best)' if warm_heap else 'returned'}"
     )
     print(
@@ -323,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 used = frames // block * block
                 stage, blocks = build_stage(
                     x[:, :used], numtaps, block, args.algorithm, args.precision, args.backend,
-                    args.device, args.fft_library, args.kernel,
+                    args.device, args.fft_library, args.kernel, args.fft_workers,
                 )
                 # Stage and oaconvolve alternate, so that a slow spell of this (shared,
                 # noisy) machine hits both sides of their ratio alike.
@@ -409,7 +414,8 @@ def batch_capacity(args: argparse.Namespace) -> int:
                               algorithm=args.algorithm, precision=args.precision,
                               backend=args.backend, device=args.device,
                               fft_library=args.fft_library,
-                              kernel=args.kernel if args.backend == "numpy" else "auto")
+                              kernel=args.kernel if args.backend == "numpy" else "auto",
+                              workers=args.fft_workers)
         count = int(args.seconds * RATE) // block
         x = (0.25 * rng.standard_normal((streams, 1, block))).astype(np.float32)
         out = np.empty_like(x)

@@ -55,6 +55,11 @@ _MAX_PARTITION = 1 << 17
 _WORKERS_MIN_VALUES = 1 << 17
 
 
+def _workers_for(n: int, rows: int, workers: int) -> int:
+    """The threads a transform of length ``n`` over ``rows`` rows gets of ``workers``."""
+    return workers if rows >= 2 and rows * n >= _WORKERS_MIN_VALUES else 1
+
+
 def fft_size_for(numtaps: int, block: int) -> int:
     """The single-FFT overlap-save length for ``numtaps`` taps and blocks of ``block`` frames.
 
@@ -572,7 +577,7 @@ class _Fft:
     ) -> None:
         self.n = n
         rows = shape[0] * shape[1]
-        self.workers = workers if rows >= 2 and rows * n >= _WORKERS_MIN_VALUES else 1
+        self.workers = _workers_for(n, rows, workers)
         numpy = _numpy_fft_pays(n, rows, real is np.float32, self.workers)
         self._numpy_rfft = numpy
         self._numpy_irfft = numpy
@@ -767,13 +772,17 @@ class _TailLevel:
         if compiled is None:
             self._fft = _Fft(2 * size, shape, real, cplx, workers, library)
             return
-        # `convolution_jit.level_chunk`'s window copy, spectrum and transform buffers.
+        # `convolution_jit.level_chunk`'s window copy, spectrum and transform buffers, and
+        # the threads its transforms get (FFTW's, or DUCC0's when FFTW is not used).
         self._window: Real = np.zeros((*shape, 2 * size), real)
         self._spec: Complex = np.zeros((*shape, size + 1), cplx)
         self._time: Real = np.zeros((*shape, 2 * size), real)
+        threads = _workers_for(2 * size, streams * channels, workers)
         self._fftw_plans = compiled.FftwPlans(
-            self._window, self._spec, self.acc, self._time, enabled=_pyfftw(library) is not None
-        )
+            self._window, self._spec, self.acc, self._time,
+            enabled=_pyfftw(library) is not None, threads=threads,
+        )  # fmt: skip
+        self.threads = self._fftw_plans.threads if self._fftw_plans.addresses[1] else threads
 
     def mac(self) -> None:
         """acc = the delay line's multiply-accumulate with the newest spectrum at ``slot``."""
@@ -789,7 +798,7 @@ class _TailLevel:
         if self._compiled is not None:
             self._compiled.level_chunk(
                 ring, start, self._window, self._spec, self.fdl, self.spectra, self.acc, slot,
-                self._time, tail, t, self._fftw_plans.addresses,
+                self._time, tail, t, self._fftw_plans.addresses, self.threads,
             )  # fmt: skip
         else:
             self._fft.rfft(ring[..., start : start + 2 * size], out=self.fdl[slot])

@@ -35,7 +35,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 from rocket_fft import c2r, r2c
 
-__all__ = ["FftwPlans", "fftw_library", "head_run", "level_chunk"]
+__all__ = ["FftwPlans", "fftw_library", "fftw_threads_library", "head_run", "level_chunk"]
 
 # The transforms run along the frames axis of (streams, channels, frames) arrays.
 _FRAMES_AXIS = np.array([2], dtype=np.int64)
@@ -54,11 +54,29 @@ def fftw_library(real: type[np.floating[Any]]) -> ctypes.CDLL | None:
     FFTW uses ``libfftw3.so``. Opening the same file again gives the same library (and
     planner) pyFFTW uses.
     """
+    return _open_fftw("libfftw3" if real is np.float64 else "libfftw3f")
+
+
+@lru_cache(maxsize=2)
+def fftw_threads_library(real: type[np.floating[Any]]) -> ctypes.CDLL | None:
+    """FFTW's threads library (OpenMP in pyFFTW's wheels) for float64 or float32, its
+    threads initialised, or None: what makes a plan run on several threads."""
+    stem = "libfftw3" if real is np.float64 else "libfftw3f"
+    lib = _open_fftw(f"{stem}_omp") or _open_fftw(f"{stem}_threads")
+    if lib is None:
+        return None
+    prefix = "fftw" if real is np.float64 else "fftwf"
+    getattr(lib, f"{prefix}_init_threads")()  # pyFFTW has too; FFTW allows it again
+    getattr(lib, f"{prefix}_plan_with_nthreads").argtypes = [ctypes.c_int]
+    return lib
+
+
+def _open_fftw(stem: str) -> ctypes.CDLL | None:
+    """The FFTW library ``stem`` (``libfftw3``, ``libfftw3f_omp``, ...) pyFFTW uses."""
     try:
         pyfftw = importlib.import_module("pyfftw")
     except ImportError:
         return None
-    stem = "libfftw3" if real is np.float64 else "libfftw3f"
     package = Path(pyfftw.__file__ or ".").parent
     bundled = sorted((package.parent / "pyfftw.libs").glob(f"{stem}-*.so*"))
     name = str(bundled[0]) if bundled else ctypes.util.find_library(stem.removeprefix("lib"))
@@ -75,7 +93,8 @@ class FftwPlans:
 
     ``window`` and ``time`` are (streams, channels, 2P) real arrays, ``spec`` and
     ``work`` (streams, channels, P + 1) complex ones, all C-contiguous and of one
-    precision; the plans are bound to them (FFTW_ESTIMATE: made in microseconds). The
+    precision; the plans are bound to them (FFTW_ESTIMATE: made in microseconds) and run
+    on ``threads`` threads where FFTW's threads library is there (``self.threads``). The
     backward transform is unnormalised and overwrites ``work``. ``addresses`` is what
     `head_run` and `level_chunk` take: fftw_execute's address and the two plans, or
     zeros (transform with DUCC0) when ``enabled`` is false or FFTW cannot be loaded.
@@ -87,12 +106,19 @@ class FftwPlans:
     which the pipeline does in one thread; executing plans is thread-safe.
     """
 
-    def __init__(self, window: Any, spec: Any, work: Any, time: Any, *, enabled: bool) -> None:
+    def __init__(
+        self, window: Any, spec: Any, work: Any, time: Any, *, enabled: bool, threads: int = 1
+    ) -> None:
         lib = fftw_library(window.dtype.type) if enabled else None
+        self.threads = 1
         if lib is None:
             self.addresses = np.zeros(3, np.int64)
             return
         prefix = "fftw" if window.dtype == np.float64 else "fftwf"
+        threaded = fftw_threads_library(window.dtype.type) if threads > 1 else None
+        if threaded is not None:
+            self.threads = threads
+            getattr(threaded, f"{prefix}_plan_with_nthreads")(threads)
         rows = window.shape[0] * window.shape[1]
         n, bins = window.shape[2], spec.shape[2]
         plan_r2c = getattr(lib, f"{prefix}_plan_many_dft_r2c")
@@ -108,6 +134,8 @@ class FftwPlans:
                            spec.ctypes.data, None, 1, bins, _FFTW_ESTIMATE)  # fmt: skip
         backward = plan_c2r(1, size, rows, work.ctypes.data, None, 1, bins,
                             time.ctypes.data, None, 1, n, _FFTW_ESTIMATE)  # fmt: skip
+        if threaded is not None:  # later plans (pyFFTW sets its own) are single-threaded
+            getattr(threaded, f"{prefix}_plan_with_nthreads")(1)
         if not forward or not backward:
             raise RuntimeError(f"FFTW made no plan for {rows} x {n} points")
         execute = ctypes.cast(getattr(lib, f"{prefix}_execute"), ptr).value
@@ -312,13 +340,14 @@ def level_chunk(  # pragma: no cover - compiled
     tail: Any,
     t: int,
     fftw: Any,
+    threads: int,
 ) -> None:
     """One boundary of a level of size Q: what `PartitionedConvolver._level_chunks` does.
 
     The newest input spectrum (of ring[..., start : start + 2Q]) goes into ``fdl[slot]``,
     ``acc`` becomes the delay line's MAC, and its transform's last Q values are added
     into tail[..., t : t + Q]. ``fftw`` is `FftwPlans.addresses` for window -> spec and
-    acc -> conv (which overwrites ``acc``); zeros mean DUCC0.
+    acc -> conv (which overwrites ``acc``); zeros mean DUCC0, on ``threads`` threads.
     """
     streams, channels, n = window.shape
     size = n // 2
@@ -328,13 +357,13 @@ def level_chunk(  # pragma: no cover - compiled
         _call_with_pointer(fftw[0], fftw[1])
         _spectrum_into(spec, fdl, slot)
     else:
-        r2c(ring[:, :, start : start + n], fdl[slot], _FRAMES_AXIS, True, 1.0, 1)
+        r2c(ring[:, :, start : start + n], fdl[slot], _FRAMES_AXIS, True, 1.0, threads)
     _mac(spectra, fdl, acc, slot)
     scale = 1.0 / n
     if use_fftw:
         _call_with_pointer(fftw[0], fftw[2])
     else:
-        c2r(acc, conv, _FRAMES_AXIS, False, scale, 1)
+        c2r(acc, conv, _FRAMES_AXIS, False, scale, threads)
     out_scale = scale if use_fftw else 1.0
     for s in range(streams):
         for c in range(channels):

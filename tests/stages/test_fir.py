@@ -19,7 +19,7 @@ import soundfile as sf
 from streamer.block import Block, StreamLayout
 from streamer.config import FirConfig, FirDesign, load_config, parse_config
 from streamer.errors import BackendUnavailableError, BlockLayoutError, ConfigError, InputFileError
-from streamer.stages import build_stages, convolution
+from streamer.stages import build_stages, convolution, convolution_jit
 from streamer.stages.convolution import (
     Algorithm,
     FftLibrary,
@@ -757,6 +757,31 @@ def test_a_built_stage_compiles_nothing_at_its_first_level_boundary() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)  # fmt: skip
     assert done.stdout.split() == ["1", "1"], done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("library", ["auto", "scipy"], ids=["fftw", "ducc0"])
+def test_fft_workers_thread_the_compiled_levels_large_transforms(library: FftLibrary) -> None:
+    """``workers`` reaches the compiled path's level transforms where they pay (>= 2 rows,
+    >= 2^17 values: FFTW's threaded plans, or DUCC0's threads) and changes no output."""
+    rng = np.random.default_rng(12)
+    taps = random_taps(1, 20_000, rng)
+    plan = nonuniform_plan([(256, 16), (4_096, 1), (8_192, 2)])  # 2Q x 8 rows >= 2^17
+    x = rng.standard_normal((1, 8, 40_000)).astype(np.float32)
+    outs = []
+    for workers in (1, 2):
+        conv = PartitionedConvolver(taps, plan, 1, 8, kernel="numba", workers=workers,
+                                    fft_library=library)  # fmt: skip
+        on_fftw = bool(conv._levels[1]._fftw_plans.addresses[1])
+        threaded = not on_fftw or convolution_jit.fftw_threads_library(np.float64) is not None
+        assert [level.threads for level in conv._levels] == [1, workers if threaded else 1]
+        y = np.zeros_like(x)
+        start = 0
+        for n in random_splits(x.shape[-1], np.random.default_rng(5), 9_000):
+            conv.process(x[..., start : start + n], y[..., start : start + n])
+            start += n
+        outs.append(y)
+    assert_close_to_peak(outs[1], outs[0].astype(np.float64), 1e-12)
+    assert_close_to_peak(outs[1][0], lfilter_ref(taps, x[0]), 1e-5)
 
 
 def hide_module(monkeypatch: pytest.MonkeyPatch, hidden: str) -> None:
