@@ -270,8 +270,9 @@ class FirConfig(_Model):
         ge=1,
         le=256,
         description=(
-            "Threads for scipy.fft; used only for multi-channel transforms large enough "
-            "to gain from them (>= 2**17 values)."
+            "Threads for the large transforms (scipy.fft, FFTW or the compiled levels'); "
+            "used only for multi-channel transforms large enough to gain from them "
+            "(>= 2**17 values)."
         ),
     )
     precision: Literal["float64", "float32"] = Field(
