@@ -717,17 +717,17 @@ def test_numba_kernel_equals_the_numpy_kernel(
     wide = rng.standard_normal((2, 3, 2 * 9_000)).astype(dtypes[0])
     x = wide[..., ::2]  # not contiguous: the kernels must not assume it
     outs = {}
+    fftw: FftLibrary = "pyfftw" if importlib.util.find_spec("pyfftw") is not None else "auto"
     paths: list[tuple[Kernel, FftLibrary]] = [
-        ("numba", "auto"), ("numba", "scipy"), ("numpy", "auto")
+        ("numba", fftw), ("numba", "scipy"), ("numpy", "auto")
     ]
     for kernel, library in paths:
         conv = PartitionedConvolver(
             taps, plan, 2, 3, precision=precision, kernel=kernel, fft_library=library
         )
         assert conv.kernel == kernel
-        if kernel == "numba":
-            with_fftw = library == "auto" and importlib.util.find_spec("pyfftw") is not None
-            assert bool(conv._fftw[1]) == with_fftw
+        if kernel == "numba":  # 6 rows: FFTW only when asked for by name
+            assert bool(conv._fftw[1]) == (library == "pyfftw")
         y = np.zeros(x.shape, dtypes[1])
         start = 0
         for n in random_splits(x.shape[-1], np.random.default_rng(5), 600):
@@ -759,10 +759,27 @@ def test_a_built_stage_compiles_nothing_at_its_first_level_boundary() -> None:
     assert done.stdout.split() == ["1", "1"], done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("library", ["auto", "scipy"], ids=["fftw", "ducc0"])
+@pytest.mark.parametrize(("rows", "library", "on_fftw"), [
+    (1, "auto", True), (8, "auto", False), (8, "pyfftw", True), (1, "scipy", False),
+])  # fmt: skip
+def test_the_compiled_path_takes_fftw_for_one_row_and_ducc0_for_several(
+    rows: int, library: FftLibrary, on_fftw: bool
+) -> None:
+    """DUCC0 vectorises across rows, FFTW's estimated plans loop over them."""
+    pytest.importorskip("pyfftw")
+    taps = random_taps(1, 5_000, np.random.default_rng(13))
+    plan = nonuniform_plan([(256, 4), (1_024, 4)])
+    conv = PartitionedConvolver(taps, plan, 1, rows, kernel="numba", fft_library=library)
+    assert bool(conv._fftw[1]) == on_fftw
+    assert bool(conv._levels[0]._fftw_plans.addresses[1]) == on_fftw
+
+
+@pytest.mark.parametrize("library", ["pyfftw", "scipy"], ids=["fftw", "ducc0"])
 def test_fft_workers_thread_the_compiled_levels_large_transforms(library: FftLibrary) -> None:
     """``workers`` reaches the compiled path's level transforms where they pay (>= 2 rows,
     >= 2^17 values: FFTW's threaded plans, or DUCC0's threads) and changes no output."""
+    if library == "pyfftw":
+        pytest.importorskip("pyfftw")
     rng = np.random.default_rng(12)
     taps = random_taps(1, 20_000, rng)
     plan = nonuniform_plan([(256, 16), (4_096, 1), (8_192, 2)])  # 2Q x 8 rows >= 2^17
