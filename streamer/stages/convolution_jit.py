@@ -7,10 +7,11 @@ the products, the output and the head's delay-line MAC) is one call. The levels 
 run between calls, one `level_chunk` call per level boundary (once per many blocks).
 Their MACs are fused: one pass instead of numpy's multiply into scratch and reduce.
 
-The head's FFTs are FFTW's when pyFFTW is installed (`FftwPlans`: plans made on the
-head's own buffers, executed from compiled code through the C function pointer; a
-512-point forward transform takes 0.40 us there against 1.29 us in DUCC0), else DUCC0's
-(the library of numpy and scipy.fft) through rocket-fft's low-level ``r2c``/``c2r``.
+A single row's FFTs are FFTW's when pyFFTW is installed (`FftwPlans`: plans made on
+the buffers, executed from compiled code through the C function pointer; a 512-point
+forward transform takes 0.40 us there against 1.29 us in DUCC0), else DUCC0's (the
+library of numpy and scipy.fft) through rocket-fft's low-level ``r2c``/``c2r``, which
+also takes several rows, vectorised across them (`convolution._compiled_fftw`).
 The rest of the arithmetic is numpy's, term by term and in the same order (no
 fastmath), so the output equals the numpy kernel's to rounding.
 
