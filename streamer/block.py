@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from streamer.errors import BlockLayoutError
 
-__all__ = ["Annotation", "Block", "StreamLayout"]
+__all__ = ["Annotation", "Block", "StreamLayout", "whole_blocks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,3 +109,15 @@ class Block:
     def annotated(self, *annotations: Annotation) -> Block:
         """The same block with ``annotations`` added after those it has."""
         return replace(self, annotations=self.annotations + annotations)
+
+
+def whole_blocks(
+    samples: npt.NDArray[np.float32], size: int, stream: str, rate: int
+) -> list[Block]:
+    """``samples`` (channels, frames) cut into C-contiguous blocks of ``size`` frames, seq
+    0, 1, ...; a last partial block is left out (benchmarks time whole blocks)."""
+    frames = samples.shape[1]
+    return [
+        Block(np.ascontiguousarray(samples[:, i : i + size]), stream, k, i, rate, 0)
+        for k, i in enumerate(range(0, frames - size + 1, size))
+    ]

@@ -43,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.signal
 
-from streamer.block import Block, StreamLayout
+from streamer.block import Block, StreamLayout, whole_blocks
 from streamer.config import FirConfig
 from streamer.stages.convolution import make_convolver
 from streamer.stages.fir import FirStage
@@ -127,7 +127,7 @@ def build_stage(
     device: str = "cpu", fft_library: str = "auto", kernel: str = "auto", fft_workers: int = 1,
 ) -> tuple[FirStage, list[Block]]:
     """The stage for one configuration and ``x`` cut into its blocks, warmed up."""
-    channels, frames = x.shape
+    channels = x.shape[0]
     cfg = FirConfig.model_validate(
         {
             "design": "lowpass",
@@ -143,10 +143,7 @@ def build_stage(
         }
     )
     stage = FirStage(cfg, StreamLayout(channels, RATE), block_hint=block)
-    blocks = [
-        Block(np.ascontiguousarray(x[:, i : i + block]), "bench", k, i, RATE, 0)
-        for k, i in enumerate(range(0, frames - block + 1, block))
-    ]
+    blocks = whole_blocks(x, block, "bench", RATE)
     for b in blocks[:20]:  # warm-up: FFT plan caches, first touch of the buffers
         stage.process(b)
     return stage, blocks

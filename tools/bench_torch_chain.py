@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from streamer.block import Block, StreamLayout
+from streamer.block import Block, StreamLayout, whole_blocks
 from streamer.config import FirConfig
 from streamer.stages import Stage, build_stages
 
@@ -76,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'B':>6} {'handed on us':>13} {'via numpy us':>13} {'ratio':>6} {'RTF':>8}")
     for block in args.blocks:
         stages = chain(args.device, args.stages, args.taps, block, args.channels)
-        blocks = [
-            Block(np.ascontiguousarray(x[:, i : i + block]), "bench", k, i, RATE, 0)
-            for k, i in enumerate(range(0, frames - block + 1, block))
-        ]
+        blocks = whole_blocks(x, block, "bench", RATE)
         run_once(stages, blocks[:20], True)  # warm-up: allocator, FFT plans
         run_once(stages, blocks[:20], False)
         handed, via_numpy = [], []

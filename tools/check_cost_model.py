@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.signal
 
-from streamer.block import Block, StreamLayout
+from streamer.block import Block, StreamLayout, whole_blocks
 from streamer.config import FirConfig
 from streamer.stages.fir import FirStage
 
@@ -37,8 +36,9 @@ CHANNELS = (1, 8)
 FORCED = ("overlap-save", "partitioned", "nonuniform")
 
 
-def stage_for(taps_path: Path, algorithm: str, channels: int, block: int) -> FirStage:
-    cfg = FirConfig(taps_file=taps_path, algorithm=algorithm)
+def stage_for(numtaps: int, algorithm: str, channels: int, block: int) -> FirStage:
+    """A 4 kHz firwin lowpass of ``numtaps`` taps, as bench_fir's."""
+    cfg = FirConfig(design="lowpass", cutoff_hz=4_000.0, numtaps=numtaps, algorithm=algorithm)
     return FirStage(cfg, StreamLayout(channels, RATE), block_hint=block)
 
 
@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.10,
                         help="a pick this much slower than the fastest is listed")  # fmt: skip
     parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp"), help="for the taps files")
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(0)
@@ -78,17 +77,12 @@ def main(argv: list[str] | None = None) -> int:
           f"{'fastest':<13} {'slower':>7}")  # fmt: skip
     rows: list[dict[str, object]] = []
     for numtaps in args.taps:
-        taps_path = args.workdir / f"cost-model-{numtaps}.npy"
-        np.save(taps_path, scipy.signal.firwin(numtaps, 4_000.0, fs=RATE))
         for channels in args.channels:
             x = rng.standard_normal((channels, frames)).astype(np.float32)
             for block in args.blocks:
-                blocks = [
-                    Block(np.ascontiguousarray(x[:, i : i + block]), "check", k, i, RATE, 0)
-                    for k, i in enumerate(range(0, frames - block + 1, block))
-                ]
-                auto = stage_for(taps_path, "auto", channels, block)
-                forced = {a: stage_for(taps_path, a, channels, block) for a in FORCED}
+                blocks = whole_blocks(x, block, "check", RATE)
+                auto = stage_for(numtaps, "auto", channels, block)
+                forced = {a: stage_for(numtaps, a, channels, block) for a in FORCED}
                 # A forced non-uniform plan of one level is the partitioned one: time each
                 # distinct plan once, and the pick as the forced stage with its plan.
                 distinct = {plan_key(s): s for s in forced.values()}

@@ -123,8 +123,17 @@ class TorchPartitionedConvolver:
 
     def process(self, x: npt.NDArray[np.floating], out: npt.NDArray[np.floating]) -> None:
         """Filter numpy ``x`` (streams, channels, frames) into ``out`` (same shape)."""
-        y = self.process_tensor(torch.from_numpy(np.asarray(x)).to(self.device))
-        out[...] = y.cpu().numpy()
+        out[...] = self.process_tensor(self._on_device(x)).cpu().numpy()
+
+    def process_block(self, x: npt.NDArray[np.floating] | torch.Tensor) -> torch.Tensor:
+        """Filter one stream's block (channels, frames), numpy or a tensor: its float32
+        output, a new tensor on the device (a batch of one stream, as the stage is)."""
+        return self.process_tensor(self._on_device(x)[None], torch.float32)[0]
+
+    def _on_device(self, x: npt.NDArray[np.floating] | torch.Tensor) -> torch.Tensor:
+        """``x`` as a tensor on the device: numpy wrapped (no copy on the CPU), moved there."""
+        tensor = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
+        return tensor.to(self.device)
 
     def process_tensor(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Filter ``x`` (streams, channels, frames, any float dtype) on the device; returns a

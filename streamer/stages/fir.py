@@ -365,11 +365,7 @@ class FirStage:
     def _process_on_device(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """The torch backend's block: ``x`` numpy or already a tensor on the device; the
         result a float32 tensor there when handed off, else new numpy memory."""
-        import torch  # loaded already: the torch backend was built
-
-        conv = cast("TorchPartitionedConvolver", self._convolver)
-        samples = x if isinstance(x, torch.Tensor) else torch.from_numpy(x)
-        y = conv.process_tensor(samples.to(conv.device)[None], torch.float32)[0]
+        y = cast("TorchPartitionedConvolver", self._convolver).process_block(x)
         if self.hands_off_tensors:
             # A tensor where the block's type says numpy: only the next stage, on the
             # same device, sees it (`link_tensor_hand_offs`).
