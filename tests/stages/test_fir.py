@@ -1030,6 +1030,17 @@ def test_fir_tool_runs(
     assert len(lines) == 3 and lines[0].startswith(header)
 
 
+def test_first_blocks_tool_runs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tools/first_blocks.py on the long-FIR example: the build, the blocks, the slowest."""
+    tool = load_tool("first_blocks", monkeypatch)
+    config = Path(__file__).resolve().parents[2] / "config" / "long-fir.toml"
+    assert tool.main([str(config), "--block", "64", "--rate", "8000"]) == 0
+    out = capsys.readouterr().out
+    assert "125 blocks of 64 at 8000 Hz" in out and "slowest block:" in out
+
+
 def test_torch_chain_bench_tool_runs(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
